@@ -1,0 +1,13 @@
+"""The exceptions the library raises; the CLI turns each into a one-line message and an exit code."""
+
+
+class Wav2Vec2Error(Exception):
+    """Base class: anything a user can cause and fix (bad input, bad checkpoint, bad settings)."""
+
+
+class AudioError(Wav2Vec2Error):
+    """An audio file is missing, unreadable, empty or otherwise unusable."""
+
+
+class CheckpointError(Wav2Vec2Error):
+    """A model cannot be found, downloaded or loaded."""
