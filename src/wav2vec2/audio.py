@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,5 +147,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 
 
 def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1] if text else type(error).__name__
+    """libsndfile's message without the file name it repeats ("Error opening 'x': ...")."""
+    lines = str(error).strip().splitlines()
+    text = lines[-1] if lines else type(error).__name__
+    return re.sub(r"^Error opening .*?: ", "", text).rstrip(".")

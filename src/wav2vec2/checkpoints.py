@@ -46,7 +46,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 def download(repo_id: str, revision: str | None = None) -> Path:
     """Fetch a checkpoint from the Hub into its cache (or find it there when offline)."""
     import huggingface_hub
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     def fetch(patterns: list[str]) -> Path:
         return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
@@ -55,11 +56,13 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         folder = fetch(CONFIG_FILES + SAFETENSORS_FILES)
         if not any(folder.glob("*.safetensors")):
             folder = fetch(CONFIG_FILES + PICKLE_FILES)
-    except (OSError, ValueError, HfHubHTTPError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{repo_id}: not a local folder, and not available from the Hugging Face Hub or its cache "
-            f"({reason})") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise CheckpointError(f"{repo_id}: no such local folder, and no such model on the Hugging Face Hub") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError) as error:
+        offline = huggingface_hub.constants.HF_HUB_OFFLINE or isinstance(error, OfflineModeIsEnabled)
+        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached"
+        raise CheckpointError(f"{repo_id}: not a local folder, and not in the Hugging Face cache; {why}. "
+                              "Download it once with network access, or pass a local checkpoint folder") from None
     return folder
 
 

@@ -92,7 +92,8 @@ class Wav2Vec2Config:
     def from_dict(cls, values: dict[str, Any]) -> Wav2Vec2Config:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
-        extra = {k: v for k, v in values.items() if k not in known}
+        derived = {"model_type", "num_feat_extract_layers"}  # written by to_dict
+        extra = {k: v for k, v in values.items() if k not in known and k not in derived}
         config = cls(**kwargs, extra=extra)
         config.validate()
         return config

@@ -1,0 +1,79 @@
+"""Shared fixtures: small random `transformers` checkpoints (the oracle) and audio files.
+
+Nothing is downloaded: every checkpoint is a randomly initialised transformers.Wav2Vec2ForCTC
+saved with save_pretrained, together with a real Wav2Vec2Processor (tokenizer + feature
+extractor) so that the folders look exactly like the ones on the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4,
+         **{letter: 5 + i for i, letter in enumerate("ETAONISRHDLUMWCFGYPBVK'XJQZ")}}
+
+# Small versions of the two families: the convolution kernels and strides are the real ones.
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+             vocab_size=len(VOCAB))
+FAMILIES = {
+    # facebook/wav2vec2-base-960h: GroupNorm feature encoder, post-LN, no attention mask
+    "base": dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False),
+    # facebook/wav2vec2-large-960h-lv60-self: LayerNorm encoder, pre-LN, conv bias, attention mask
+    "lv60": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
+}
+
+
+def make_hf_checkpoint(folder: Path, family: str, seed: int = 0, **overrides) -> Path:
+    """Save a random transformers.Wav2Vec2ForCTC with its processor into `folder`."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.Wav2Vec2Config(**{**SMALL, **FAMILIES[family], **overrides})
+    model = transformers.Wav2Vec2ForCTC(config).eval()
+    with torch.no_grad():  # a larger head makes greedy paths with many different characters
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    feature_extractor = transformers.Wav2Vec2FeatureExtractor(
+        do_normalize=True, return_attention_mask=family == "lv60")
+    transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """{"base": folder, "lv60": folder}: small random checkpoints of both families."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: make_hf_checkpoint(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def speechlike() -> np.ndarray:
+    """3.3 s of 16 kHz audio with a voice-like structure (harmonics, syllable envelope, noise)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(3.3 * 16000)) / 16000
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = np.clip(np.sin(2 * np.pi * 3.1 * t), 0, None)
+    audio = 0.3 * voice * envelope + 0.01 * rng.standard_normal(len(t))
+    return audio.astype(np.float32)
+
+
+def write_audio(path: Path, audio: np.ndarray, rate: int, channels: int = 1, **kwargs) -> Path:
+    """Write mono 16 kHz `audio` resampled to `rate` and copied to `channels` channels."""
+    import soxr
+
+    data = soxr.resample(audio, 16000, rate) if rate != 16000 else audio
+    if channels > 1:
+        data = np.stack([data * (1.0 - 0.1 * c) for c in range(channels)], axis=1)
+    soundfile.write(str(path), data, rate, **kwargs)
+    return path

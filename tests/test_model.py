@@ -1,0 +1,163 @@
+"""Our network against transformers' Wav2Vec2ForCTC on the same weights (the oracle)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import wav2vec2
+from wav2vec2.checkpoints import from_hf_keys
+from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, frame_lengths
+
+from .conftest import FAMILIES, SMALL, make_hf_checkpoint
+
+TOLERANCE = 1e-4
+
+
+def batch_with_padding(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    waveform = torch.zeros(len(lengths), max(lengths))
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, length in enumerate(lengths):
+        waveform[i, :length] = torch.randn(length, generator=generator)
+        mask[i, :length] = 1
+    return waveform, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers_single_input(checkpoints, family):
+    ours = wav2vec2.load_model(checkpoints[family])
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(checkpoints[family]).eval()
+    waveform = torch.randn(1, 23_456, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(waveform).logits
+    with torch.inference_mode():
+        actual = ours(waveform)
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers_padded_batch(checkpoints, family):
+    ours = wav2vec2.load_model(checkpoints[family])
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(checkpoints[family]).eval()
+    waveform, mask = batch_with_padding([16_000, 9_001, 4_321])
+    # the base family is used without an attention mask (zero padding), as in transformers
+    attention_mask = mask if family == "lv60" else None
+    with torch.no_grad():
+        expected = theirs(waveform, attention_mask=attention_mask).logits
+        actual = ours(waveform, attention_mask)
+    frames = frame_lengths(mask.sum(-1), ours.config)
+    for i, count in enumerate(frames):
+        assert (actual[i, :count] - expected[i, :count]).abs().max() <= TOLERANCE
+
+
+def test_padding_does_not_change_real_frames_with_attention_mask(checkpoints):
+    model = wav2vec2.load_model(checkpoints["lv60"])
+    waveform, mask = batch_with_padding([16_000, 7_000])
+    with torch.inference_mode():
+        batched = model(waveform, mask)
+        alone = model(waveform[1:, :7_000])
+    count = alone.shape[1]
+    assert (batched[1, :count] - alone[0]).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_our_save_loads_in_transformers(checkpoints, family, tmp_path):
+    ours = wav2vec2.load_model(checkpoints[family])
+    ours.save(tmp_path)
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()
+    processor = transformers.Wav2Vec2Processor.from_pretrained(tmp_path)
+    assert processor.feature_extractor.return_attention_mask == (family == "lv60")
+    assert processor.tokenizer.get_vocab() == json.loads((checkpoints[family] / "vocab.json").read_text())
+    waveform = torch.randn(2, 12_000, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert (ours(waveform) - theirs(waveform).logits).abs().max() <= TOLERANCE
+    again = wav2vec2.load_model(tmp_path)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_old_weight_norm_key_names_load(checkpoints, tmp_path):
+    """Checkpoints saved before torch's parametrizations name the weight norm weight_g/weight_v."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(checkpoints["base"] / "model.safetensors")
+    renamed = {k.replace("parametrizations.weight.original0", "weight_g")
+               .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
+    assert any(k.endswith("weight_g") for k in renamed)
+    for name in checkpoints["base"].iterdir():
+        if name.name != "model.safetensors":
+            (tmp_path / name.name).write_bytes(name.read_bytes())
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    old, new = wav2vec2.load_model(tmp_path), wav2vec2.load_model(checkpoints["base"])
+    waveform = torch.randn(1, 8_000)
+    with torch.inference_mode():
+        assert torch.equal(old(waveform), new(waveform))
+
+
+def test_fast_feature_encoder_equals_convolutions():
+    """The blocked time-major CPU path and the plain Conv1d path compute the same function."""
+    for norm in ("group", "layer"):
+        config = Wav2Vec2Config(conv_dim=(24,) * 7, feat_extract_norm=norm, conv_bias=norm == "layer")
+        encoder = FeatureEncoder(config).eval()
+        encoder.block_frames = 7  # many blocks, and a ragged last one
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        for samples in (400, 401, 719, 10_007):
+            waveform = torch.randn(2, samples) * 3 + 0.5
+            with torch.enable_grad():
+                reference = encoder(waveform)
+            with torch.inference_mode():
+                fast = encoder(waveform)
+            assert fast.shape == reference.shape == (2, int(frame_lengths(torch.tensor(samples), config)), 24)
+            assert (fast - reference).abs().max() <= 1e-4, (norm, samples)
+
+
+def test_layerdrop_skips_layers_only_in_training():
+    config = Wav2Vec2Config(**{**SMALL, "layerdrop": 1.0, "hidden_dropout": 0.0})
+    model = wav2vec2.Wav2Vec2Model(config)
+    hidden = torch.randn(1, 20, config.hidden_size)
+    encoder = model.encoder
+    model.train()
+    skipped = encoder(hidden)
+    expected = encoder.layer_norm(hidden + encoder.pos_conv_embed(hidden))  # no layer ran
+    assert torch.allclose(skipped, expected, atol=1e-6)
+    model.eval()
+    assert not torch.allclose(encoder(hidden), expected, atol=1e-3)
+
+
+def test_config_round_trips_unknown_fields():
+    values = {**SMALL, "conv_dim": [16] * 7, "some_future_field": {"a": 1}, "feat_extract_dropout": 0.0}
+    config = Wav2Vec2Config.from_dict(values)
+    assert config.conv_dim == (16,) * 7
+    again = config.to_dict()
+    assert again["some_future_field"] == {"a": 1} and again["conv_dim"] == [16] * 7
+    assert Wav2Vec2Config.from_dict(again) == config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_size_models_match_transformers(family, tmp_path):
+    """The real base and large configurations, random weights: every weight used, same logits."""
+    size = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    if family == "lv60":
+        size = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    folder = make_hf_checkpoint(tmp_path, family, conv_dim=(512,) * 7, num_conv_pos_embeddings=128,
+                                num_conv_pos_embedding_groups=16, **size)
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(folder).eval()
+    ours = wav2vec2.load_model(folder)
+    their_keys = set(from_hf_keys(theirs.state_dict()))
+    assert their_keys == set(ours.state_dict())  # nothing left over, nothing missing
+    waveform, mask = batch_with_padding([48_000, 30_000], seed=3)
+    attention_mask = mask if family == "lv60" else None
+    with torch.no_grad():
+        expected = theirs(waveform, attention_mask=attention_mask).logits
+        actual = ours(waveform, attention_mask)
+    frames = frame_lengths(mask.sum(-1), ours.config)
+    for i, count in enumerate(frames):
+        assert (actual[i, :count] - expected[i, :count]).abs().max() <= TOLERANCE
