@@ -190,23 +190,35 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     return model.to(device).eval()
 
 
-def save_model(model: Wav2Vec2ForCTC, folder: str | os.PathLike) -> None:
-    """Write `model` as a Hugging Face checkpoint folder, each file replaced atomically."""
+def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Write a Wav2Vec2ForCTC or Wav2Vec2ForPreTraining as a Hugging Face checkpoint folder
+    (config, safetensors weights, preprocessor settings, and the vocabulary of a CTC model),
+    each file replaced atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {**model.config.to_dict(), "architectures": ["Wav2Vec2ForCTC"],
-              "vocab_size": model.config.vocab_size}
+    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
     texts = {"config.json": json.dumps(config, indent=2),
              "preprocessor_config.json": json.dumps(model.preprocessing.to_dict(), indent=2)}
-    if model.vocab is not None:
+    if getattr(model, "vocab", None) is not None:
         texts.update(model.vocab.save(folder))
     state = {k: v.detach().cpu().contiguous() for k, v in to_hf_keys(model.state_dict()).items()}
     _write_atomically(folder / "model.safetensors",
                       lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     for name, text in texts.items():
         _write_atomically(folder / name, lambda path, text=text: path.write_text(text, encoding="utf-8"))
+
+
+def load_pretrained(name_or_path: str | os.PathLike):
+    """A Wav2Vec2ForPreTraining checkpoint (ours, or transformers'), for inspection or more training."""
+    from .pretraining import Wav2Vec2ForPreTraining
+
+    folder = resolve(name_or_path)
+    model = Wav2Vec2ForPreTraining(read_config(folder))
+    model.preprocessing = Preprocessing.from_folder(folder) or model.preprocessing
+    load_state(model, from_hf_keys(read_state_dict(folder)), str(name_or_path))
+    return model
 
 
 def _write_atomically(target: Path, write) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +58,220 @@ def transcribe_command(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def listen_command(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from .checkpoints import load_model
+    from .microphone import FilePlayer, Microphone, list_input_devices
+    from .streaming import StreamingConfig, StreamingRecognizer
+
+    if args.list_devices:
+        devices = list_input_devices()
+        if not devices:
+            return fail("no audio input devices found (is a microphone connected and the sound server running?)")
+        for d in devices:
+            mark = "*" if d.default else " "
+            print(f"{mark} {d.index:3d}  {d.name} ({d.host_api}, {d.channels} in, {d.sample_rate} Hz)")
+        return 0
+    if args.fast and not args.source_file:
+        return fail("--fast only applies to --from FILE", 2)
+    settings = dict(pause=args.pause, min_speech=args.min_speech, max_phrase=args.max_phrase,
+                    interval=args.interval, context=args.context)
+    config = StreamingConfig(**{name: value for name, value in settings.items() if value is not None})
+    config.validate()
+    if args.source_file:
+        source = FilePlayer(args.source_file, realtime=not args.fast)
+    else:
+        source = Microphone(args.device, args.sample_rate)  # fails fast, before the model is loaded
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recognizer = StreamingRecognizer(load_model(args.model), config, source.sample_rate)
+    printer = LivePrinter(args.json, args.output, source.name)
+
+    def interrupt(*_) -> None:  # first Ctrl-C: stop listening and flush the last phrase; second: abort
+        source.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with source:
+            print(f"Listening to {source.name} ({source.sample_rate} Hz). You can start speaking now; "
+                  "Ctrl-C stops.", file=sys.stderr, flush=True)
+            for block in source:
+                for event in recognizer.feed(block):
+                    printer.show(event)
+                printer.check(source)
+        for event in recognizer.flush():
+            printer.show(event)
+        printer.check(source)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        printer.close()
+    return 0
+
+
+class LivePrinter:
+    """Events out: on a terminal the partial is one line rewritten in place and each final a
+    `You said: ...` line (elsewhere finals only); with --json, one JSON object per event. Finals are
+    appended to --output with their times in the stream. Warnings say when audio waits or is lost."""
+
+    def __init__(self, as_json: bool, output: str | None, source_name: str):
+        import datetime
+
+        self.json = as_json
+        self.tty = sys.stdout.isatty()
+        self.partial_shown = False
+        self.output = open(output, "a", encoding="utf-8") if output else None
+        if self.output:
+            started = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+            self.output.write(f"# wav2vec2 listen, {started}, {source_name}\n")
+            self.output.flush()
+        self.lag_warned = 0.0  # the lag at the last warning
+        self.dropped_warned = 0.0
+        self.overflows_warned = 0
+
+    def show(self, event) -> None:
+        import json
+        import shutil
+
+        if self.json:
+            print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+        elif event.type == "partial":
+            if self.tty and event.text:
+                width = max(10, shutil.get_terminal_size().columns - 1)
+                text = event.text if len(event.text) <= width else "…" + event.text[-(width - 1):]
+                sys.stdout.write(f"\r\x1b[K{text}")
+                sys.stdout.flush()
+                self.partial_shown = True
+        else:
+            self.clear()
+            if event.text:
+                print(f"You said: {event.text}", flush=True)
+        if event.type == "final" and event.text and self.output:
+            self.output.write(f"[{clock(event.start)} --> {clock(event.end)}] {event.text}\n")
+            self.output.flush()
+
+    def check(self, source) -> None:
+        """Say so when the model falls behind the audio, and when audio is lost."""
+        if source.lag > max(1.0, 2 * self.lag_warned):
+            self.warn(f"transcription is {source.lag:.1f} s behind the audio: the model is too slow for real "
+                      "time here (try --threads, a smaller model or a longer --interval)")
+            self.lag_warned = source.lag
+        elif source.lag < 0.5:
+            self.lag_warned = 0.0
+        if source.dropped > self.dropped_warned:
+            self.warn(f"{source.dropped:.1f} s of audio dropped so far: the model could not keep up")
+            self.dropped_warned = source.dropped
+        if source.overflows > self.overflows_warned:
+            self.warn(f"the audio device lost input {source.overflows} times (input overflow)")
+            self.overflows_warned = source.overflows
+
+    def warn(self, message: str) -> None:
+        self.clear()
+        print(f"wav2vec2: warning: {message}", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.partial_shown:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+            self.partial_shown = False
+
+    def close(self) -> None:
+        self.clear()
+        if self.output:
+            self.output.close()
+
+
+def clock(seconds: float) -> str:
+    """HH:MM:SS.mmm"""
+    milliseconds = round(seconds * 1000)
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoints import load_model
+    from .evaluate import check_labelled, evaluate, write_report
+    from .manifest import load_data
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    entries = load_data(args.manifest)
+    check_labelled(entries)
+    model = load_model(args.model, device=args.device)
+    with tqdm(total=len(entries), unit="utt", desc="evaluating", disable=None, leave=False, file=sys.stderr) as bar:
+        def progress(utterance) -> None:
+            if utterance.error is not None:
+                bar.clear()
+                print(f"wav2vec2: error: {utterance.error}", file=sys.stderr)
+            bar.update(1)
+
+        result = evaluate(model, entries, batch_size=args.batch_size, on_utterance=progress)
+    if args.output:
+        write_report(result, args.output)
+    if result.unknown_characters:
+        print("wav2vec2: warning: the references contain characters outside the model's vocabulary "
+              f"(each is an error): {' '.join(result.unknown_characters)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "manifest": str(args.manifest), **result.summary()},
+                         ensure_ascii=False))
+    else:
+        w, c = result.words, result.characters
+        print(f"WER {100 * result.wer:.2f}% ({w.errors} errors in {w.hits + w.substitutions + w.deletions} words: "
+              f"{w.substitutions} substitutions, {w.deletions} deletions, {w.insertions} insertions)")
+        print(f"CER {100 * result.cer:.2f}% ({c.errors} errors in {c.hits + c.substitutions + c.deletions} "
+              f"characters: {c.substitutions} substitutions, {c.deletions} deletions, {c.insertions} insertions)")
+        print(f"{len(result.utterances) - len(result.failed)} utterances, {result.audio_seconds:.1f} s of audio "
+              f"in {result.processing_seconds:.1f} s (real-time factor {result.rtf:.3f})")
+    if result.failed:
+        print(f"wav2vec2: {len(result.failed)} of {len(entries)} files failed and are not scored", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from .train.pretrain import PretrainSettings, pretrain
+
+    final = pretrain(settings_from(args, PretrainSettings))
+    print(f"pretrained model: {final}")
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from .plot import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
+def add_settings(parser: argparse.ArgumentParser, settings_class, required: tuple[str, ...]) -> None:
+    """One --option per field of a settings dataclass, so the command and the Python API match."""
+    for field in dataclasses.fields(settings_class):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", default=field.default)
+        elif field.type in ("bool | None",):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
+            parser.add_argument(flag, type=kind, required=field.name in required,
+                                default=None if field.name in required else field.default,
+                                help=None if field.name in required else f"(default: {field.default})")
+
+
+def settings_from(args: argparse.Namespace, settings_class):
+    return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .writers import FORMATS
@@ -78,6 +294,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.set_defaults(run=transcribe_command)
+
+    from .streaming import StreamingConfig as S
+
+    p = commands.add_parser("listen", help="transcribe the microphone (or a file) live, phrase by phrase")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hugging Face Hub id or local checkpoint folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", metavar="N|NAME", help="input device: index or part of its name (default: the system's)")
+    p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    p.add_argument("--sample-rate", type=positive_int, metavar="HZ",
+                   help="record at this rate instead of the device's native one")
+    p.add_argument("--from", dest="source_file", metavar="FILE",
+                   help="listen to FILE instead of the microphone, at real-time pace")
+    p.add_argument("--fast", action="store_true", help="with --from: as fast as possible, not in real time")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per event (type partial or final, text, start, end, words)")
+    p.add_argument("--output", metavar="FILE", help="append each final, with its times, to FILE")
+    p.add_argument("--pause", type=positive_float, metavar="S",
+                   help=f"seconds of silence that end a phrase (default: {S.pause})")
+    p.add_argument("--min-speech", type=positive_float, metavar="S",
+                   help=f"ignore bursts of speech shorter than this (default: {S.min_speech} s)")
+    p.add_argument("--max-phrase", type=positive_float, metavar="S",
+                   help=f"commit longer speech in pieces, at word boundaries (default: {S.max_phrase} s)")
+    p.add_argument("--interval", type=positive_float, metavar="S",
+                   help=f"seconds of speech between model runs and partials (default: {S.interval})")
+    p.add_argument("--context", type=positive_float, metavar="S",
+                   help=f"seconds of audio the model sees on each side of the frames it keeps (default: {S.context})")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.set_defaults(run=listen_command)
+
+    p = commands.add_parser("evaluate", help="word and character error rates on labelled audio")
+    p.add_argument("--manifest", required=True, metavar="TEST",
+                   help="TSV or JSON-lines manifest with audio and text, or a LibriSpeech folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hugging Face Hub id or local checkpoint folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--output", type=report_path, metavar="FILE",
+                   help="write per-utterance results to FILE.json or FILE.csv")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="chunks per forward pass")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.set_defaults(run=evaluate_command)
+
+    from .train.pretrain import PretrainSettings
+
+    p = commands.add_parser("pretrain", help="self-supervised pretraining on unlabelled audio")
+    add_settings(p, PretrainSettings, required=("data", "out"))
+    p.set_defaults(run=pretrain_command)
+
+    p = commands.add_parser("plot", help="draw the curves of a training run to a PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--output", metavar="PNG", help="default: RUN_DIR/curves.png")
+    p.set_defaults(run=plot_command)
     return parser
 
 
@@ -86,6 +354,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def report_path(text: str) -> str:
+    if Path(text).suffix.lower() not in (".json", ".csv"):
+        raise argparse.ArgumentTypeError(f"must end in .json or .csv, not {text!r}")
+    return text
 
 
 def positive_float(text: str) -> float:
@@ -107,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{getattr(error, 'filename', '') or ''}: {error.strerror or error}".lstrip(": "))
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except Exception as error:  # a bug: one line, and the traceback on request
+        if os.environ.get("WAV2VEC2_DEBUG"):
+            raise
+        return fail(f"internal error: {type(error).__name__}: {error} (set WAV2VEC2_DEBUG=1 for the traceback)", 3)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ class AudioError(Wav2Vec2Error):
 
 class CheckpointError(Wav2Vec2Error):
     """A model cannot be found, downloaded or loaded."""
+
+
+class DataError(Wav2Vec2Error):
+    """A manifest, data folder or transcript is missing, malformed or unusable."""
+
+
+class MicrophoneError(Wav2Vec2Error):
+    """No microphone, a device that cannot be opened as asked, or PortAudio missing."""

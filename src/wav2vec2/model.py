@@ -13,7 +13,10 @@ they call `feature_extractor`), so that loading a checkpoint is a near one-to-on
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,6 +136,32 @@ class Wav2Vec2Config:
             field += (kernel - 1) * hop
             hop *= stride
         return field
+
+
+# Named model sizes for training from scratch. "base" and "large" are the paper's (large as in
+# facebook/wav2vec2-large-lv60: LayerNorm encoder, pre-LN); "tiny" and "small" fit a CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                 num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32),
+    "small": dict(conv_dim=(256,) * 7, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  intermediate_size=1024, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16,
+                  num_codevectors_per_group=160, codevector_dim=128, proj_codevector_dim=128),
+    "base": dict(),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+                  codevector_dim=768, proj_codevector_dim=768),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> Wav2Vec2Config:
+    """One of PRESETS, or the path of a config.json."""
+    if name in PRESETS:
+        return Wav2Vec2Config.from_dict({**PRESETS[name], **overrides})
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"model config {name!r} is neither one of {', '.join(PRESETS)} nor a file")
+    return Wav2Vec2Config.from_dict({**json.loads(path.read_text()), **overrides})
 
 
 def frame_lengths(sample_lengths: torch.Tensor, config: Wav2Vec2Config) -> torch.Tensor:
@@ -314,6 +343,8 @@ class PositionalConvEmbedding(nn.Module):
         kernel = config.num_conv_pos_embeddings
         conv = nn.Conv1d(config.hidden_size, config.hidden_size, kernel, padding=kernel // 2,
                          groups=config.num_conv_pos_embedding_groups)
+        nn.init.normal_(conv.weight, mean=0.0, std=2 * math.sqrt(1 / (kernel * config.hidden_size)))
+        nn.init.zeros_(conv.bias)
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.remove = 1 if kernel % 2 == 0 else 0
         self.activation = ACTIVATIONS[config.feat_extract_activation]
@@ -437,10 +468,17 @@ class Wav2Vec2Model(nn.Module):
         self.encoder = Encoder(config)
 
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                time_mask: torch.Tensor | None = None) -> Wav2Vec2Output:
+                time_mask: torch.Tensor | None = None, feature_grad_mult: float = 1.0) -> Wav2Vec2Output:
         """waveform: (batch, samples); attention_mask: (batch, samples), 1 on real samples;
-        time_mask: (batch, frames) bool, True where the features are replaced by the mask embedding."""
-        features = self.feature_encoder(waveform)
+        time_mask: (batch, frames) bool, True where the features are replaced by the mask embedding;
+        feature_grad_mult: scales the gradient reaching the feature encoder (0 freezes it)."""
+        if feature_grad_mult == 0.0:
+            with torch.no_grad():
+                features = self.feature_encoder(waveform)
+        else:
+            features = self.feature_encoder(waveform)
+            if feature_grad_mult != 1.0 and features.requires_grad:
+                features = ScaleGradient.apply(features, feature_grad_mult)
         mask = None
         if attention_mask is not None:
             mask = frame_mask(attention_mask, features.shape[1], self.config)
@@ -449,6 +487,42 @@ class Wav2Vec2Model(nn.Module):
             hidden = torch.where(time_mask[:, :, None], self.masked_spec_embed.to(hidden.dtype), hidden)
         context = self.encoder(hidden, mask)
         return Wav2Vec2Output(context, features, normalised, mask)
+
+
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by `scale` backward (fairseq's GradMultiply):
+    the feature encoder learns ten times slower than the rest during pretraining."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
+    """The initialisation of the paper's code (as fairseq and transformers do it): linear layers
+    N(0, 0.02), convolutions He-normal, norms the identity. Modules with a special scheme (the
+    positional convolution, the quantizer) set their own when built and are left alone here."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=initializer_range)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d) and not nn.utils.parametrize.is_parametrized(module):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                bound = math.sqrt(module.groups / (module.in_channels * module.kernel_size[0]))
+                nn.init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, FeatureProjection):
+            bound = math.sqrt(1 / module.projection.in_features)
+            nn.init.uniform_(module.projection.weight, -bound, bound)
+            nn.init.uniform_(module.projection.bias, -bound, bound)
 
 
 class Wav2Vec2ForCTC(nn.Module):
@@ -468,6 +542,7 @@ class Wav2Vec2ForCTC(nn.Module):
         self.wav2vec2 = Wav2Vec2Model(config)
         self.dropout = nn.Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        init_weights(self, config.initializer_range)
 
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, samples) -> CTC logits (batch, frames, vocab_size)."""

@@ -1,0 +1,344 @@
+"""CPU inference speed and memory: our wav2vec 2.0 against `transformers`, on the same weights.
+
+What is measured, and why:
+
+* One forward pass (waveform -> CTC logits) of batch 1, for 10, 30 and 60 s of 16 kHz audio, in two
+  shapes: "base" (group-norm feature encoder, post-LN Transformer, as facebook/wav2vec2-base-960h)
+  and "large" (layer-norm encoder, pre-LN "stable layer norm", as facebook/wav2vec2-large-960h-lv60-self).
+  Weights are random: speed does not depend on their values, and no download is needed.
+* Three implementations per row, all loaded from one checkpoint folder so the weights are identical:
+  `transformers.Wav2Vec2ForCTC` with eager attention, the same with SDPA attention (the faster one,
+  and the one to beat), and ours via `wav2vec2.load_model`. Once per shape, our logits are compared
+  with theirs to show that the speed is not bought with a different function.
+* Timing: one warm-up run per implementation and length, then best-of-N wall time. The implementations
+  take turns within each repeat (round-robin), so that background load on a shared machine hits all of
+  them alike, and the best run is the least disturbed. The real-time factor is wall time / audio
+  seconds (lower is better); "vs SDPA" / "vs eager" is their best time divided by ours (above 1: ours
+  is faster).
+* Memory: the increase of the process's peak resident set during the forward pass over the resident
+  set just before it (Linux: reset the peak through /proc/self/clear_refs, read VmHWM afterwards).
+  This counts activations and temporaries, not the weights. Shown as "-" where unsupported.
+* `--long`: transcribing one long WAV file end to end with our streaming pipeline
+  (`wav2vec2.transcribe.transcribe_many`, base shape), each length in a fresh subprocess, reporting
+  wall time, real-time factor and that subprocess's peak RSS (weights and all). The point is that
+  memory stays flat as the file grows (target: below 2 GB for 60 minutes).
+
+Usage: python benchmarks/inference.py [--quick] [--long] [--repeats N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+TARGET_RATIO = 1.2  # ours must be at least this much faster than transformers with SDPA
+MEMORY_TARGET_MB = 2048  # peak RSS of the --long run
+
+CONFIGS = {
+    "base": {},  # the defaults of wav2vec2.Wav2Vec2Config()
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
+}
+IMPLEMENTATIONS = ["hf-eager", "hf-sdpa", "ours"]
+
+VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4,
+         **{chr(ord("A") + i): 5 + i for i in range(26)}, "'": 31}
+
+
+# ---------------------------------------------------------------------------- memory
+
+def read_status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM), or None where there is none."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def release_free_memory() -> None:
+    """Hand memory that glibc keeps after free() back to the system, so that what the previous run
+    left in the heap does not count as "already resident" for the next (no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Make VmHWM equal to the current RSS (Linux 4.0+); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, or getrusage where /proc is missing."""
+    hwm = read_status_kb("VmHWM")
+    if hwm is not None:
+        return hwm / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, kB on Linux
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------- models
+
+def config_values(name: str) -> dict:
+    """The config.json values of one shape, starting from the defaults of our Wav2Vec2Config."""
+    import wav2vec2
+
+    values = wav2vec2.Wav2Vec2Config(vocab_size=32, **CONFIGS[name]).to_dict()
+    for derived in ("model_type", "num_feat_extract_layers"):  # transformers sets these itself
+        values.pop(derived)
+    return values
+
+
+def save_checkpoint(name: str, folder: Path) -> None:
+    """A transformers model with random weights, saved with a character vocabulary."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(**config_values(name))
+    transformers.Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+
+
+def build_models(name: str, folder: Path) -> dict[str, torch.nn.Module]:
+    """One random checkpoint in `folder`, loaded as transformers eager, transformers SDPA and ours."""
+    import transformers
+    import wav2vec2
+
+    save_checkpoint(name, folder)
+    models = {}
+    for implementation in ("eager", "sdpa"):
+        model = transformers.Wav2Vec2ForCTC.from_pretrained(folder, attn_implementation=implementation)
+        assert model.config._attn_implementation == implementation
+        assert next(model.parameters()).dtype == torch.float32
+        models[f"hf-{implementation}"] = model.eval()
+    models["ours"] = wav2vec2.load_model(folder)
+    return models
+
+
+def forward(name: str, model: torch.nn.Module, waveform: torch.Tensor) -> torch.Tensor:
+    if name == "ours":
+        return model(waveform)
+    return model(waveform).logits
+
+
+def check_agreement(models: dict[str, torch.nn.Module], waveform: torch.Tensor) -> dict[str, float]:
+    """Max abs difference of our logits from each transformers variant's."""
+    with torch.inference_mode():
+        ours = forward("ours", models["ours"], waveform)
+        return {name: (forward(name, models[name], waveform) - ours).abs().max().item()
+                for name in models if name != "ours"}
+
+
+# ---------------------------------------------------------------------------- timing
+
+def timed_forward(name: str, model: torch.nn.Module, waveform: torch.Tensor) -> tuple[float, float | None]:
+    """Wall seconds of one forward pass and the peak RSS increase during it in MB (None: unknown)."""
+    gc.collect()
+    release_free_memory()
+    can_measure = reset_peak_rss()
+    before = read_status_kb("VmRSS")
+    with torch.inference_mode():
+        start = time.perf_counter()
+        logits = forward(name, model, waveform)
+        seconds = time.perf_counter() - start
+    peak = read_status_kb("VmHWM")
+    del logits
+    if not can_measure or before is None or peak is None:
+        return seconds, None
+    return seconds, (peak - before) / 1024
+
+
+def measure(models: dict[str, torch.nn.Module], seconds: float, repeats: int) -> dict[str, dict]:
+    """Best-of-`repeats` time and largest memory increase of each implementation on one input."""
+    generator = torch.Generator().manual_seed(1)
+    waveform = torch.randn(1, int(seconds * SAMPLE_RATE), generator=generator)
+    for name, model in models.items():  # warm-up: first-call allocations, lazy initialisation
+        timed_forward(name, model, waveform)
+    results = {name: {"times": [], "memory": []} for name in models}
+    names = list(models)
+    for repeat in range(repeats):
+        turn = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate who goes first
+        for name in turn:
+            wall, memory = timed_forward(name, models[name], waveform)
+            results[name]["times"].append(wall)
+            if memory is not None:
+                results[name]["memory"].append(memory)
+    return {name: {"best": min(r["times"]), "memory": max(r["memory"]) if r["memory"] else None}
+            for name, r in results.items()}
+
+
+# ---------------------------------------------------------------------------- table
+
+HEADER = (f"{'config':<6} {'audio s':>7} {'implementation':<14} {'best s':>8} {'RTF':>7} "
+          f"{'peak MB':>8} {'vs SDPA':>8} {'vs eager':>8}")
+
+
+def format_row(config: str, seconds: float, name: str, result: dict, row: dict) -> str:
+    memory = "-" if result["memory"] is None else f"{result['memory']:.0f}"
+    versus_sdpa = versus_eager = ""
+    if name == "ours":
+        versus_sdpa = f"{row['hf-sdpa']['best'] / result['best']:.2f}x"
+        versus_eager = f"{row['hf-eager']['best'] / result['best']:.2f}x"
+    return (f"{config:<6} {seconds:>7.0f} {name:<14} {result['best']:>8.3f} {result['best'] / seconds:>7.4f} "
+            f"{memory:>8} {versus_sdpa:>8} {versus_eager:>8}")
+
+
+# ---------------------------------------------------------------------------- long files
+
+def write_long_wav(path: Path, minutes: float) -> None:
+    """Quiet white noise plus a few tones, written a minute at a time (16-bit PCM, 16 kHz)."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    total = int(minutes * 60 * SAMPLE_RATE)
+    with soundfile.SoundFile(str(path), "w", SAMPLE_RATE, 1, subtype="PCM_16") as file:
+        for start in range(0, total, 60 * SAMPLE_RATE):
+            t = np.arange(start, min(total, start + 60 * SAMPLE_RATE)) / SAMPLE_RATE
+            block = 0.01 * rng.standard_normal(len(t))
+            for frequency in (220.0, 440.0, 1000.0):
+                block += 0.05 * np.sin(2 * np.pi * frequency * t)
+            file.write(block.astype(np.float32))
+
+
+def transcribe_child(folder: str, wav: str, threads: int) -> None:
+    """Run in a fresh process: load our model, transcribe one file, print a JSON line of results."""
+    import wav2vec2
+    from wav2vec2.transcribe import transcribe_many
+
+    torch.set_num_threads(threads)
+    model = wav2vec2.load_model(folder)
+    start = time.perf_counter()
+    (_, result), = transcribe_many(model, [wav])
+    wall = time.perf_counter() - start
+    if isinstance(result, Exception):
+        raise result
+    print(json.dumps({"wall": wall, "duration": result.duration, "peak_mb": peak_rss_mb(),
+                      "characters": len(result.text)}))
+
+
+def run_long(folder: Path, minutes_list: list[float], threads: int, workdir: Path) -> None:
+    print("\nLong files: wav2vec2.transcribe.transcribe_many, base shape, fresh subprocess each")
+    print(f"{'minutes':>7} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
+    peaks = []
+    for minutes in minutes_list:
+        wav = workdir / f"long-{minutes:g}min.wav"
+        write_long_wav(wav, minutes)
+        command = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads),
+                   "--child", str(folder), str(wav)]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        wav.unlink()
+        if completed.returncode != 0:
+            print(f"{minutes:>7g} failed:\n{completed.stderr[-2000:]}")
+            continue
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        peaks.append(result["peak_mb"])
+        print(f"{minutes:>7g} {result['wall']:>8.1f} {result['wall'] / result['duration']:>7.4f} "
+              f"{result['peak_mb']:>12.0f}")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"(largest child ru_maxrss: {children:.0f} MB)")
+    if peaks:
+        verdict = "held" if max(peaks) < MEMORY_TARGET_MB else "MISSED"
+        print(f"Long-file peak RSS at most {max(peaks):.0f} MB: target < {MEMORY_TARGET_MB} MB {verdict}")
+
+
+# ---------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only 10 s of audio (a smoke test)")
+    parser.add_argument("--long", action="store_true", help="also transcribe long files in subprocesses")
+    parser.add_argument("--long-minutes", type=float, nargs="+", default=[10, 60], metavar="N",
+                        help="lengths of the --long files in minutes (default: 10 60)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best of N)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--child", nargs=2, metavar=("FOLDER", "WAV"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        transcribe_child(*args.child, args.threads)
+        return
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+    import transformers.utils.logging
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    lengths = [10.0] if args.quick else [10.0, 30.0, 60.0]
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
+          f"best of {args.repeats}, batch 1, random weights and input")
+    print(f"load average at start: {load_average()} (other work on the machine makes timings noisy)")
+
+    rows = []  # (config, seconds, results per implementation)
+    agreement = {}
+    with tempfile.TemporaryDirectory(prefix="wav2vec2-bench-") as tmp:
+        tmp = Path(tmp)
+        for config in args.configs:
+            folder = tmp / config
+            models = build_models(config, folder)
+            check_input = torch.randn(1, 5 * SAMPLE_RATE, generator=torch.Generator().manual_seed(2))
+            agreement[config] = check_agreement(models, check_input)
+            for seconds in lengths:
+                rows.append((config, seconds, measure(models, seconds, args.repeats)))
+                print(f"  measured {config} {seconds:.0f} s", file=sys.stderr, flush=True)
+            del models
+            gc.collect()
+
+        print()
+        print(HEADER)
+        print("-" * len(HEADER))
+        for config, seconds, results in rows:
+            for name in IMPLEMENTATIONS:
+                print(format_row(config, seconds, name, results[name], results))
+        print()
+        for config, diffs in agreement.items():
+            shown = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
+            verdict = "ok" if max(diffs.values()) < 1e-4 else "DIFFERENT (> 1e-4)"
+            print(f"Logits of ours vs transformers, {config}, 5 s input: max abs diff {shown} ({verdict})")
+
+        if args.long:
+            if "base" not in args.configs:
+                save_checkpoint("base", tmp / "base")
+            run_long(tmp / "base", args.long_minutes, args.threads, tmp)
+
+    print(f"load average at end: {load_average()}")
+    ratios = [results["hf-sdpa"]["best"] / results["ours"]["best"] for _, _, results in rows]
+    worst = min(ratios)
+    held = "held" if worst >= TARGET_RATIO else "NOT held"
+    print(f"\nSummary: ours is at least {worst:.2f}x as fast as transformers SDPA over {len(ratios)} rows; "
+          f"target >= {TARGET_RATIO}x {held}.")
+
+
+if __name__ == "__main__":
+    main()

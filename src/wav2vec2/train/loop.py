@@ -1,0 +1,191 @@
+"""What pretraining and fine-tuning share: processes, optimiser, schedules, checkpoints and logs.
+
+Distributed training is switched on by the environment, as `torchrun` sets it (WORLD_SIZE, RANK,
+LOCAL_RANK): gloo on CPUs, nccl on GPUs. Every random choice of a step (crops, masks, distractors,
+Gumbel noise) is drawn from a generator seeded by (seed, step, utterance), so a resumed run
+repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import CheckpointError, Wav2Vec2Error
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_runtime(device: str = "auto") -> Runtime:
+    """Join the process group when launched by torchrun; pick the device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Wav2Vec2Error("--device cuda: no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Runtime(rank, world, target)
+
+
+def stop_runtime() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_for(seed: int, step: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one utterance of one step."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embeddings (tensors of fewer than 2 dimensions)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then linear decay to 0 at `total` (pretraining)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def tri_stage(step: int, total: int, warmup: float = 0.1, hold: float = 0.4, final_scale: float = 0.05,
+              initial_scale: float = 0.01) -> float:
+    """Learning-rate factor of the fine-tuning recipe: a linear warm-up (from initial_scale) over the
+    first `warmup` of the steps, a hold at 1 for `hold`, then an exponential decay to final_scale."""
+    warmup_steps, hold_steps = int(warmup * total), int(hold * total)
+    decay_steps = max(1, total - warmup_steps - hold_steps)
+    if step < warmup_steps:
+        return initial_scale + (1 - initial_scale) * step / warmup_steps
+    if step < warmup_steps + hold_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps - hold_steps) / decay_steps)
+    return math.exp(math.log(final_scale) * progress)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast where asked for ("auto": bf16 on GPUs that support it, else fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class RunLog:
+    """log.jsonl of a run: one JSON object per logged step, appended and flushed as it comes."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_from: int | None = None):
+        self.path = folder / "log.jsonl"
+        self.enabled = enabled
+        if enabled and resume_from is not None and self.path.exists():
+            # drop records of steps after the checkpoint: they are about to be run again
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_from]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif enabled:
+            self.path.write_text("")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+
+
+def average_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+
+
+CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
+
+
+def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write folder/step-NNNNNNN.pt atomically, then delete all but the newest `keep`.
+
+    A failed write (a full disk) raises CheckpointError and leaves earlier checkpoints intact.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step-{step:07d}.pt"
+    temporary = folder / f".{target.name}.tmp"
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, target)
+    except (OSError, RuntimeError) as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"{target}: could not be saved ({error}); "
+                              f"the previous checkpoint is intact, resume from it with --resume") from None
+    for old in sorted(folder.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(p for p in folder.glob("step-*.pt") if CHECKPOINT.search(p.name))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({error})") from None
+
+
+class Progress:
+    """A progress bar on the main process (stderr, only on a terminal) plus a per-step timer."""
+
+    def __init__(self, enabled: bool, start: int, total: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(initial=start, total=total, desc=desc, disable=None if enabled else True,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.last = time.perf_counter()
+
+    def update(self, postfix: dict) -> float:
+        """Advance one step; returns the seconds the step took."""
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+        self.bar.update(1)
+        return seconds
+
+    def close(self) -> None:
+        self.bar.close()

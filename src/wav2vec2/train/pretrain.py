@@ -1,0 +1,202 @@
+"""The self-supervised pretraining loop: `wav2vec2 pretrain`, or `pretrain(PretrainSettings(...))`.
+
+Each step: a batch of unlabelled audio crops; span masks over the latent frames; K distractors
+per masked step; the loss of wav2vec2.pretraining; AdamW with warm-up and linear decay, gradient
+clipping and accumulation. The run folder holds log.jsonl, checkpoints/ (resumable, atomic) and,
+at the end, final/: a Hugging Face Wav2Vec2ForPreTraining checkpoint, the starting point of
+fine-tuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..audio import SAMPLE_RATE, Preprocessing
+from ..checkpoints import save_model
+from ..errors import Wav2Vec2Error
+from ..manifest import load_data
+from ..model import Wav2Vec2Config, frame_lengths, preset_config
+from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
+from ..quantizer import gumbel_temperature
+from .data import BatchOrder, load_batch, make_batches, measure, rng_for
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, latest_checkpoint,
+                   load_checkpoint, make_optimizer, save_checkpoint, start_runtime, stop_runtime,
+                   warmup_linear_decay)
+
+
+@dataclass
+class PretrainSettings:
+    data: str  # a folder of audio files, or a manifest (see wav2vec2.manifest)
+    out: str  # the run folder
+    config: str = "tiny"  # tiny | small | base | large, or a config.json
+    max_steps: int = 1000
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    lr: float = 5e-4
+    warmup_steps: int | None = None  # default: 8% of max_steps
+    weight_decay: float = 0.01
+    max_batch_seconds: float = 20.0  # audio per batch and process, after cropping
+    max_seconds: float = 15.6  # crop length
+    min_seconds: float = 0.3  # shorter clips are skipped (and counted)
+    accumulate: int = 1  # batches per update
+    clip_norm: float = 10.0
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_spans: int = 2
+    num_negatives: int = 100
+    cross_negatives: int = 0  # distractors from other utterances of the batch
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995
+    feature_grad_mult: float = 0.1
+    feature_penalty_weight: float = 10.0
+    normalize: bool | None = None  # zero-mean unit-variance input; default: only for "layer" models
+
+
+def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, settings: PretrainSettings,
+                   index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks, distractors and Gumbel noise of one batch, each utterance's from its own generator,
+    so they do not depend on which other utterances share the batch (or the process)."""
+    frames = int(frame_lengths(torch.tensor(samples), config))
+    masks, distractors, noises = [], [], []
+    groups, entries = config.num_codevector_groups, config.num_codevectors_per_group
+    for row, utterance in enumerate(utterances):
+        mask = span_mask([frames], frames, settings.mask_prob, settings.mask_length, settings.min_spans,
+                         rng_for(settings.seed, index, utterance, 1))
+        chosen = sample_distractors(mask, settings.num_negatives, 0, rng_for(settings.seed, index, utterance, 2))
+        generator = torch.Generator().manual_seed(int(rng_for(settings.seed, index, utterance, 3).integers(2**62)))
+        masks.append(mask)
+        distractors.append(chosen + row * frames)
+        noises.append(-torch.empty(1, frames, groups, entries).exponential_(generator=generator).log())
+    time_mask, distractors = torch.cat(masks), torch.cat(distractors)
+    if settings.cross_negatives:
+        cross = sample_distractors(time_mask, 0, settings.cross_negatives, rng_for(settings.seed, index, -1, 2))
+        distractors = torch.cat([distractors, cross], dim=-1)
+    return time_mask, distractors, torch.cat(noises)
+
+
+def pretrain(settings: PretrainSettings) -> Path:
+    """Run (or resume) pretraining; returns the folder of the final checkpoint."""
+    runtime = start_runtime(settings.device)
+    try:
+        return _pretrain(settings, runtime)
+    finally:
+        stop_runtime()
+
+
+def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
+    out = Path(settings.out)
+    checkpoints = out / "checkpoints"
+    start, state = 0, None
+    if settings.resume:
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise Wav2Vec2Error(f"--resume: no checkpoint in {checkpoints}")
+        state = load_checkpoint(path)
+        start = state["step"]
+        config = Wav2Vec2Config.from_dict(state["config"])
+    else:
+        if latest_checkpoint(checkpoints) is not None:
+            raise Wav2Vec2Error(f"{out} holds checkpoints of an earlier run: "
+                                "continue it with --resume, or choose another output folder")
+        config = preset_config(settings.config)
+    out.mkdir(parents=True, exist_ok=True)
+    normalize = settings.normalize if settings.normalize is not None else config.feat_extract_norm == "layer"
+
+    min_samples = max(int(settings.min_seconds * SAMPLE_RATE),
+                      config.receptive_field + config.samples_per_frame * settings.mask_length)
+    max_samples = int(settings.max_seconds * SAMPLE_RATE)
+    entries, lengths, skipped = measure(load_data(settings.data), min_samples)
+    batches = make_batches(lengths, int(settings.max_batch_seconds * SAMPLE_RATE), max_samples)
+    order = BatchOrder(batches, runtime.world, settings.seed)
+
+    torch.manual_seed(settings.seed)
+    model = Wav2Vec2ForPreTraining(config, settings.feature_grad_mult, settings.feature_penalty_weight)
+    model.to(runtime.device)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    trained = (DistributedDataParallel(model, find_unused_parameters=config.layerdrop > 0)
+               if runtime.world > 1 else model)
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else int(0.08 * settings.max_steps)
+
+    log = RunLog(out, runtime.main, resume_from=start if settings.resume else None)
+    if runtime.main and not settings.resume:
+        log.write({"event": "start", "utterances": len(entries), "batches": len(batches), "skipped": skipped,
+                   "processes": runtime.world, "settings": asdict(settings), "parameters":
+                   sum(p.numel() for p in model.parameters())})
+    progress = Progress(runtime.main, start, settings.max_steps, "pretraining")
+    interval: dict[str, float] = {}
+    model.train()
+    for step in range(start, settings.max_steps):
+        lr = settings.lr * warmup_linear_decay(step, warmup, settings.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        temperature = gumbel_temperature(step, settings.gumbel_start, settings.gumbel_end, settings.gumbel_decay)
+        model.quantizer.temperature = temperature
+        audio_seconds = 0.0
+        for micro in range(settings.accumulate):
+            index = step * settings.accumulate + micro
+            waveform, utterances = load_batch(entries, order.batch(index, runtime.rank), max_samples,
+                                              settings.seed, index, normalize)
+            time_mask, distractors, noise = random_choices(utterances, waveform.shape[1], config, settings, index)
+            last = micro == settings.accumulate - 1
+            sync = trained.no_sync() if runtime.world > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(runtime.device, settings.precision):
+                    output = trained(waveform.to(runtime.device), None, time_mask.to(runtime.device),
+                                     distractors.to(runtime.device), noise.to(runtime.device))
+                (output.loss / settings.accumulate).backward()
+            output.loss = output.loss.detach()
+            audio_seconds += waveform.numel() / SAMPLE_RATE
+            for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
+                interval[name] = interval.get(name, 0.0) + getattr(output, name).item() / settings.accumulate
+            interval["masked_steps"] = interval.get("masked_steps", 0.0) + output.masked_steps
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm))
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            warnings.warn(f"step {step + 1}: gradient is not finite, update skipped", stacklevel=1)
+        optimizer.zero_grad(set_to_none=True)
+        seconds = progress.update({"loss": output.loss.item(), "acc": output.accuracy.item()})
+        interval["steps"] = interval.get("steps", 0) + 1
+        interval["seconds"] = interval.get("seconds", 0.0) + seconds
+        interval["audio_seconds"] = interval.get("audio_seconds", 0.0) + audio_seconds
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.max_steps:
+            steps = interval.pop("steps")
+            timing = {"seconds": interval.pop("seconds"), "audio": interval.pop("audio_seconds")}
+            record = {k: v / steps for k, v in interval.items()}
+            record = average_over_processes(record, runtime.device)
+            log.write({"step": done, **record, "temperature": temperature, "lr": lr, "grad_norm": grad_norm,
+                       "audio_seconds_per_second": timing["audio"] * runtime.world / timing["seconds"]})
+            interval = {}
+        if done % settings.save_every == 0 or done == settings.max_steps:
+            if runtime.main:
+                save_checkpoint(checkpoints, done, {"step": done, "model": model.state_dict(),
+                                                    "optimizer": optimizer.state_dict(),
+                                                    "config": config.to_dict()}, settings.keep_checkpoints)
+            if runtime.world > 1:
+                torch.distributed.barrier()
+    progress.close()
+    final = out / "final"
+    if runtime.main:
+        model.preprocessing = Preprocessing(do_normalize=normalize,
+                                            return_attention_mask=config.feat_extract_norm == "layer")
+        save_model(model, final)
+    if runtime.world > 1:
+        torch.distributed.barrier()
+    return final

@@ -1,0 +1,196 @@
+"""The pretraining loop: it learns, it saves what transformers loads, it resumes exactly after a
+kill, two processes equal one, and bad data or a full disk are handled."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from wav2vec2 import Wav2Vec2Error
+from wav2vec2.checkpoints import load_pretrained
+from wav2vec2.errors import CheckpointError
+from wav2vec2.model import PRESETS, frame_lengths
+from wav2vec2.pretraining import sample_distractors, span_mask
+from wav2vec2.train import loop
+from wav2vec2.train.pretrain import PretrainSettings, pretrain
+
+from .conftest import write_phone_corpus
+
+COMMAND = str(Path(sys.executable).parent / "wav2vec2")
+QUIET = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+             final_dropout=0.0, layerdrop=0.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_phone_corpus(tmp_path_factory.mktemp("phones"), count=4, seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def quiet_config(tmp_path_factory) -> Path:
+    """The tiny preset without dropout, so that runs can be compared number for number."""
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], **QUIET}))
+    return path
+
+
+def records(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "step" in r]
+
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([COMMAND, *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_tiny_model_learns_the_contrastive_task(corpus, tmp_path):
+    negatives = 20
+    pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), config="tiny", max_steps=400, lr=3e-3,
+                              warmup_steps=10, num_negatives=negatives, max_batch_seconds=8, max_seconds=2,
+                              log_every=25, save_every=1000))
+    log = records(tmp_path)
+    first, last = log[0], log[-1]
+    chance = math.log(negatives + 1)
+    assert first["contrastive_loss"] > 0.95 * chance
+    assert last["contrastive_loss"] < 0.7 * chance  # well below log(K+1)
+    assert last["accuracy"] > 5 / (negatives + 1)  # well above chance
+    assert 1 < last["perplexity"] <= 2 * 32
+    for key in ("step", "loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy",
+                "perplexity", "temperature", "lr"):
+        assert key in last
+
+
+def test_final_checkpoint_loads_in_transformers_with_the_same_loss(corpus, tmp_path):
+    final = pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=3, num_negatives=10,
+                                      max_seconds=2, log_every=1))
+    ours = load_pretrained(final).eval()
+    theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(final).eval()
+    waveform = torch.randn(2, 16_000, generator=torch.Generator().manual_seed(0))
+    frames = int(frame_lengths(torch.tensor(16_000), ours.config))
+    time_mask = span_mask([frames, frames], frames, rng=np.random.default_rng(0))
+    distractors = sample_distractors(time_mask, 10, rng=np.random.default_rng(1))
+    with torch.no_grad():
+        expected = theirs(waveform, mask_time_indices=time_mask, sampled_negative_indices=distractors)
+        actual = ours(waveform, None, time_mask, distractors)
+    masked = int(time_mask.sum())
+    assert actual.contrastive_loss.item() * masked == pytest.approx(expected.contrastive_loss.item(), rel=1e-4)
+    assert actual.perplexity.item() == pytest.approx(expected.codevector_perplexity.item(), rel=1e-4)
+    assert (tmp_path / "checkpoints" / "step-0000003.pt").is_file()
+
+
+def test_resume_after_kill_repeats_the_uninterrupted_run(corpus, quiet_config, tmp_path):
+    common = ["pretrain", "--data", corpus, "--config", quiet_config, "--max-steps", 150, "--save-every", 5,
+              "--log-every", 1, "--num-negatives", 10, "--max-batch-seconds", 4, "--max-seconds", 2]
+    whole = cli(*common, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([COMMAND, *map(str, common), "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = sorted((killed / "checkpoints").glob("step-*.pt"))
+    assert saved and int(saved[-1].stem.split("-")[1]) < 150, "the run was not killed mid-way"
+    resumed = cli(*common, "--out", killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = records(tmp_path / "whole"), records(killed)
+    assert [r["step"] for r in actual] == [r["step"] for r in expected] == list(range(1, 151))
+    for a, b in zip(actual, expected):
+        for key in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "lr", "temperature"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_a_second_run_into_the_same_folder_needs_resume(corpus, tmp_path):
+    settings = PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=1, num_negatives=5, max_seconds=2)
+    pretrain(settings)
+    with pytest.raises(Wav2Vec2Error, match="--resume"):
+        pretrain(settings)
+
+
+def test_two_processes_compute_the_loss_of_one_on_the_union(corpus, quiet_config, tmp_path):
+    common = ["--data", corpus, "--config", quiet_config, "--max-steps", 1, "--log-every", 1,
+              "--num-negatives", 10, "--max-seconds", 2, "--device", "cpu"]
+    alone = cli("pretrain", *common, "--out", tmp_path / "one", "--max-batch-seconds", 8)
+    assert alone.returncode == 0, alone.stderr
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29517", "-m", "wav2vec2", "pretrain", *map(str, common),
+                           "--out", str(tmp_path / "two"), "--max-batch-seconds", "4"],
+                          capture_output=True, text=True, timeout=600, env=environment)
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    start = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()][0]
+    assert start["processes"] == 2 and start["batches"] == 2
+    one, two = records(tmp_path / "one")[0], records(tmp_path / "two")[0]
+    for key in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert two["masked_steps"] == one["masked_steps"]  # counted over both processes
+
+
+def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for clip in corpus.iterdir():
+        (data / clip.name).write_bytes(clip.read_bytes())
+    (data / "broken.wav").write_bytes(b"RIFF not really")
+    (data / "notes.flac").write_text("text")
+    import soundfile
+    soundfile.write(str(data / "short.wav"), np.zeros(300, dtype=np.float32), 16000)  # < receptive field
+    with pytest.warns(UserWarning, match="skipping"):
+        pretrain(PretrainSettings(data=str(data), out=str(tmp_path / "run"), max_steps=1, num_negatives=5,
+                                  max_seconds=2))
+    start = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert start["skipped"] == {"unreadable": 2, "too short": 1} and start["utterances"] == 4
+
+
+@pytest.mark.parametrize("case", ["empty-folder", "no-audio"])
+def test_no_usable_data_is_a_one_line_error(tmp_path, case):
+    data = tmp_path / "data"
+    data.mkdir()
+    if case == "no-audio":
+        (data / "a.wav").write_text("not audio")
+    result = cli("pretrain", "--data", data, "--out", tmp_path / "run", "--max-steps", 1)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("wav2vec2: error:")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
+    saves = []
+    real_save = torch.save
+
+    def fill_up(state, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            Path(path).write_bytes(b"partial")  # a half-written file, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "save", fill_up)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+        pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=4, save_every=2,
+                                  num_negatives=5, max_seconds=2))
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000002.pt"]
+    assert loop.load_checkpoint(tmp_path / "checkpoints" / "step-0000002.pt")["step"] == 2
+
+
+def test_plot_draws_the_curves(corpus, tmp_path):
+    pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=4, log_every=1, num_negatives=5,
+                              max_seconds=2))
+    result = cli("plot", tmp_path)
+    assert result.returncode == 0, result.stderr
+    png = tmp_path / "curves.png"
+    assert result.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
