@@ -79,32 +79,56 @@ def write_audio(path: Path, audio: np.ndarray, rate: int, channels: int = 1, **k
     return path
 
 
+def phone(kind: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """One of six synthetic "phones": harmonic vowels (even kinds) with two formants, or bands
+    of noise (odd kinds), peak amplitude 0.5."""
+    t = np.arange(samples) / 16000
+    if kind % 2 == 0:
+        f0, f1, f2 = 100 + 15 * kind, 300 + 120 * kind, 2400 - 250 * kind
+        x = sum(np.sin(2 * np.pi * h * f0 * t) * (np.exp(-((h * f0 - f1) / 150) ** 2)
+                                                   + np.exp(-((h * f0 - f2) / 200) ** 2) + 0.05)
+                for h in range(1, int(4000 / f0)))
+    else:
+        spectrum = np.fft.rfft(rng.standard_normal(samples))
+        spectrum *= np.exp(-((np.fft.rfftfreq(samples, 1 / 16000) - (1500 + 900 * kind)) / 500) ** 2)
+        x = np.fft.irfft(spectrum, samples)
+    return 0.5 * x / (np.abs(x).max() + 1e-9)
+
+
 def write_phone_corpus(folder: Path, count: int = 4, seconds: float = 2.0, seed: int = 0) -> Path:
-    """Clips of synthetic "phones" (harmonic vowels and noise bands from an inventory of six) that
-    always follow each other in the same cycle, with random durations: structure that a small
-    model can learn to predict from context within a few hundred steps."""
+    """Clips of synthetic phones that always follow each other in the same cycle, with random
+    durations: structure that a small model can learn to predict from context within a few
+    hundred steps."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-
-    def phone(kind: int, n: int) -> np.ndarray:
-        t = np.arange(n) / 16000
-        if kind % 2 == 0:
-            f0, f1, f2 = 100 + 15 * kind, 300 + 120 * kind, 2400 - 250 * kind
-            x = sum(np.sin(2 * np.pi * h * f0 * t) * (np.exp(-((h * f0 - f1) / 150) ** 2)
-                                                       + np.exp(-((h * f0 - f2) / 200) ** 2) + 0.05)
-                    for h in range(1, int(4000 / f0)))
-        else:
-            spectrum = np.fft.rfft(rng.standard_normal(n))
-            spectrum *= np.exp(-((np.fft.rfftfreq(n, 1 / 16000) - (1500 + 900 * kind)) / 500) ** 2)
-            x = np.fft.irfft(spectrum, n)
-        return 0.5 * x / (np.abs(x).max() + 1e-9)
-
     samples = int(seconds * 16000)
     for i in range(count):
         kind, parts = int(rng.integers(6)), []
         while sum(map(len, parts)) < samples:
-            parts.append(phone(kind, int(rng.uniform(0.08, 0.16) * 16000)))
+            parts.append(phone(kind, int(rng.uniform(0.08, 0.16) * 16000), rng))
             kind = (kind + 1) % 6
         audio = np.concatenate(parts)[:samples] + 0.003 * rng.standard_normal(samples)
         soundfile.write(str(folder / f"clip{i}.wav"), audio.astype(np.float32), 16000)
     return folder
+
+
+def write_spelled_corpus(folder: Path, count: int = 8, seed: int = 0) -> Path:
+    """Labelled clips for fine-tuning: each letter A-F is one synthetic phone, words are separated
+    by short silences, and the transcript spells the phones ("FACE BAD"). Returns a TSV manifest."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["audio\ttext"]
+    for i in range(count):
+        words = ["".join("ABCDEF"[k] for k in rng.integers(6, size=rng.integers(2, 5))) for _ in range(3)]
+        parts = [np.zeros(1600)]
+        for word in words:
+            for letter in word:
+                parts.append(phone("ABCDEF".index(letter), int(rng.uniform(0.08, 0.14) * 16000), rng))
+            parts.append(np.zeros(int(rng.uniform(0.08, 0.15) * 16000)))
+        audio = np.concatenate(parts)
+        audio = audio + 0.003 * rng.standard_normal(len(audio))
+        soundfile.write(str(folder / f"utt{i}.wav"), audio.astype(np.float32), 16000)
+        rows.append(f"utt{i}.wav\t{' '.join(words)}")
+    manifest = folder / "train.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

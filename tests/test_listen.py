@@ -280,3 +280,81 @@ def test_listen_refuses_devices_it_cannot_use(pulse, talker, args, message):
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
     assert "--list-devices" in result.stderr or "--sample-rate" in result.stderr
+
+
+# ---------------------------------------------------------------- falling behind, refused rates (no device needed)
+
+class FakeSoundDevice:
+    """Just enough of python-sounddevice: one 48 kHz input device that refuses 16 kHz."""
+
+    class PortAudioError(Exception):
+        pass
+
+    device = {"index": 3, "name": "Fake USB Mic", "hostapi": 0, "max_input_channels": 1, "default_samplerate": 48000.0}
+
+    def __init__(self):
+        self.streams = []
+
+    def query_devices(self, device=None, kind=None):
+        if device is None and kind is None:
+            return [self.device]
+        if device in (None, 3) or (isinstance(device, str) and device in self.device["name"]):
+            return self.device
+        raise ValueError(f"No input device matching {device!r}")
+
+    def check_input_settings(self, device, channels, dtype, samplerate):
+        if samplerate != 48000:
+            raise self.PortAudioError("Invalid sample rate [PaErrorCode -9997]")
+
+    def InputStream(self, **settings):  # noqa: N802 (sounddevice's name)
+        stream = type("Stream", (), {"settings": settings, "active": True, "start": lambda self: None,
+                                     "close": lambda self, ignore_errors=True: None})()
+        self.streams.append(stream)
+        return stream
+
+
+def test_a_device_that_refuses_16_khz_is_opened_at_its_own_rate(monkeypatch):
+    from wav2vec2 import microphone
+    from wav2vec2.errors import MicrophoneError
+
+    fake = FakeSoundDevice()
+    monkeypatch.setattr(microphone, "import_sounddevice", lambda: fake)
+    with pytest.raises(MicrophoneError, match="Fake USB Mic refuses to record at 16000 Hz .*native 48000 Hz"):
+        microphone.Microphone("USB", sample_rate=16000)
+    assert microphone.Microphone("USB").sample_rate == 48000
+    with pytest.raises(MicrophoneError, match="there is no input device 7"):
+        microphone.Microphone(7)
+
+
+def test_audio_waits_while_the_model_is_busy_and_losses_are_counted(monkeypatch):
+    from types import SimpleNamespace
+
+    from wav2vec2 import microphone
+
+    fake = FakeSoundDevice()
+    monkeypatch.setattr(microphone, "import_sounddevice", lambda: fake)
+    mic = microphone.Microphone(max_backlog=1.0)
+    ok, overflow = SimpleNamespace(input_overflow=False), SimpleNamespace(input_overflow=True)
+    with mic:
+        callback = fake.streams[0].settings["callback"]
+        blocks = [np.full((4800, 1), i, np.float32) for i in range(12)]  # 12 blocks of 0.1 s, unread
+        for block in blocks:
+            callback(block, len(block), None, ok)
+        callback(blocks[0], 4800, None, overflow)
+        assert mic.lag == pytest.approx(1.0) and mic.dropped == pytest.approx(0.3) and mic.overflows == 1
+        mic.stop()  # what is queued is still read, in order
+        assert [int(b[0]) for b in mic] == list(range(10))
+    assert mic.lag == 0
+
+    class Source:
+        lag, dropped, overflows = 0.0, 0.0, 0
+
+    from wav2vec2.cli import LivePrinter
+
+    printer, source, said = LivePrinter(False, None, "test"), Source(), []
+    monkeypatch.setattr(printer, "warn", said.append)
+    for lag, dropped, overflows in [(0.5, 0, 0), (1.2, 0, 0), (1.5, 0, 0), (2.5, 0, 0), (0.2, 0.7, 0), (0.2, 0.7, 2)]:
+        source.lag, source.dropped, source.overflows = lag, dropped, overflows
+        printer.check(source)
+    assert said[0].startswith("transcription is 1.2 s behind the audio") and said[1].startswith("transcription is 2.5")
+    assert said[2].startswith("0.7 s of audio dropped") and "lost input 2 times" in said[3] and len(said) == 4

@@ -246,6 +246,14 @@ def pretrain_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def finetune_command(args: argparse.Namespace) -> int:
+    from .train.finetune import FinetuneSettings, finetune
+
+    final = finetune(settings_from(args, FinetuneSettings))
+    print(f"fine-tuned model: {final}")
+    return 0
+
+
 def plot_command(args: argparse.Namespace) -> int:
     from .plot import plot_run
 
@@ -259,7 +267,7 @@ def add_settings(parser: argparse.ArgumentParser, settings_class, required: tupl
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", default=field.default)
-        elif field.type in ("bool | None",):
+        elif field.type == "bool | None":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
@@ -341,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("pretrain", help="self-supervised pretraining on unlabelled audio")
     add_settings(p, PretrainSettings, required=("data", "out"))
     p.set_defaults(run=pretrain_command)
+
+    from .train.finetune import FinetuneSettings
+
+    p = commands.add_parser("finetune", help="CTC fine-tuning on labelled audio")
+    add_settings(p, FinetuneSettings, required=("init", "train", "out"))
+    p.set_defaults(run=finetune_command)
 
     p = commands.add_parser("plot", help="draw the curves of a training run to a PNG")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -468,10 +468,13 @@ class Wav2Vec2Model(nn.Module):
         self.encoder = Encoder(config)
 
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                time_mask: torch.Tensor | None = None, feature_grad_mult: float = 1.0) -> Wav2Vec2Output:
+                time_mask: torch.Tensor | None = None, feature_grad_mult: float = 1.0,
+                channel_mask: torch.Tensor | None = None) -> Wav2Vec2Output:
         """waveform: (batch, samples); attention_mask: (batch, samples), 1 on real samples;
         time_mask: (batch, frames) bool, True where the features are replaced by the mask embedding;
-        feature_grad_mult: scales the gradient reaching the feature encoder (0 freezes it)."""
+        feature_grad_mult: scales the gradient reaching the feature encoder (0 freezes it);
+        channel_mask: (batch, hidden) bool, channels zeroed at every frame (SpecAugment's
+        frequency masking, for fine-tuning)."""
         if feature_grad_mult == 0.0:
             with torch.no_grad():
                 features = self.feature_encoder(waveform)
@@ -485,6 +488,8 @@ class Wav2Vec2Model(nn.Module):
         hidden, normalised = self.feature_projection(features)
         if time_mask is not None:
             hidden = torch.where(time_mask[:, :, None], self.masked_spec_embed.to(hidden.dtype), hidden)
+        if channel_mask is not None:
+            hidden = hidden.masked_fill(channel_mask[:, None, :], 0.0)
         context = self.encoder(hidden, mask)
         return Wav2Vec2Output(context, features, normalised, mask)
 
@@ -544,9 +549,12 @@ class Wav2Vec2ForCTC(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         init_weights(self, config.initializer_range)
 
-    def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, samples) -> CTC logits (batch, frames, vocab_size)."""
-        context = self.wav2vec2(waveform, attention_mask).context
+    def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                time_mask: torch.Tensor | None = None, channel_mask: torch.Tensor | None = None,
+                feature_grad_mult: float = 1.0) -> torch.Tensor:
+        """(batch, samples) -> CTC logits (batch, frames, vocab_size). The masks and the gradient
+        multiplier are for fine-tuning (see Wav2Vec2Model.forward)."""
+        context = self.wav2vec2(waveform, attention_mask, time_mask, feature_grad_mult, channel_mask).context
         return self.lm_head(self.dropout(context))
 
     @property

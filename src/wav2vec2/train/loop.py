@@ -112,6 +112,8 @@ class RunLog:
     def __init__(self, folder: Path, enabled: bool, resume_from: int | None = None):
         self.path = folder / "log.jsonl"
         self.enabled = enabled
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
         if enabled and resume_from is not None and self.path.exists():
             # drop records of steps after the checkpoint: they are about to be run again
             kept = [line for line in self.path.read_text().splitlines()

@@ -27,7 +27,7 @@ from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, latest_checkpoint,
-                   load_checkpoint, make_optimizer, save_checkpoint, start_runtime, stop_runtime,
+                   load_checkpoint, make_optimizer, save_checkpoint, seed_for, start_runtime, stop_runtime,
                    warmup_linear_decay)
 
 
@@ -142,6 +142,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     interval: dict[str, float] = {}
     model.train()
     for step in range(start, settings.max_steps):
+        torch.manual_seed(seed_for(settings.seed, step, runtime.rank))  # dropout, LayerDrop: resumable
         lr = settings.lr * warmup_linear_decay(step, warmup, settings.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr

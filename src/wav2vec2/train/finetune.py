@@ -1,0 +1,318 @@
+"""CTC fine-tuning: `wav2vec2 finetune`, or `finetune(FinetuneSettings(...))`.
+
+A pretrained encoder gets a fresh linear CTC head over a character vocabulary (the init
+checkpoint's, or one built from the training transcripts). The feature encoder stays frozen,
+the Transformer too for the first `freeze_steps` updates (only the head learns, from stable
+features); time and channel masking (SpecAugment) and LayerDrop regularise; the learning rate
+follows the tri-stage schedule. The dev set is scored every `eval_every` steps and the best model
+(lowest WER) is kept: the run folder's final/ is that model, a complete Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from ..audio import SAMPLE_RATE, Preprocessing, normalize
+from ..checkpoints import from_hf_keys, load_state, read_config, read_state_dict, resolve, save_model
+from ..errors import AudioError, DataError, Wav2Vec2Error
+from ..manifest import Entry, load_data
+from ..model import PRESETS, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths, preset_config
+from ..pretraining import span_mask
+from ..vocab import Vocabulary, build_vocabulary, normalize_text
+from .data import BatchOrder, make_batches, measure, rng_for
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, latest_checkpoint,
+                   load_checkpoint, make_optimizer, save_checkpoint, seed_for, start_runtime, stop_runtime,
+                   tri_stage)
+
+
+@dataclass
+class FinetuneSettings:
+    init: str  # a pretrained checkpoint (folder or Hub id), or a preset name for random initialisation
+    train: str  # manifest (or LibriSpeech folder) of labelled audio
+    out: str  # the run folder
+    dev: str | None = None  # labelled audio scored every eval_every steps
+    max_steps: int = 1000
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    freeze_steps: int = 0  # updates during which only the CTC head learns
+    max_batch_seconds: float = 40.0
+    max_seconds: float = 30.0  # longer utterances are skipped (and counted)
+    accumulate: int = 1
+    clip_norm: float = 10.0
+    mask_time_prob: float = 0.5
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.1
+    mask_feature_length: int = 64
+    layerdrop: float | None = None  # default: the init checkpoint's
+    log_every: int = 10
+    eval_every: int = 500
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    batch_size_eval: int = 8
+
+
+class CTCTraining(nn.Module):
+    """The model and its loss in one forward, so that DistributedDataParallel sees the whole step."""
+
+    def __init__(self, model: Wav2Vec2ForCTC):
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor,
+                targets: torch.Tensor, target_lengths: torch.Tensor, time_mask: torch.Tensor,
+                channel_mask: torch.Tensor, freeze_transformer: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the per-utterance CTC losses (0 for impossible alignments) and the frame counts."""
+        model = self.model
+        with torch.no_grad() if freeze_transformer else contextlib.nullcontext():
+            context = model.wav2vec2(waveform, attention_mask, time_mask, 0.0, channel_mask).context
+        logits = model.lm_head(model.dropout(context))
+        frames = frame_lengths(lengths, model.config)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+        losses = F.ctc_loss(log_probs, targets, frames, target_lengths, blank=model.vocab.blank,
+                            reduction="none", zero_infinity=True)
+        return losses, frames
+
+
+def alignable(frames: int, labels: list[int]) -> bool:
+    """CTC needs a frame per label plus a blank between each pair of equal neighbours."""
+    repeats = sum(a == b for a, b in zip(labels, labels[1:]))
+    return frames >= len(labels) + repeats
+
+
+def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCTC:
+    """A CTC model with the init checkpoint's encoder (or random weights for a preset) and a
+    fresh head over the init's vocabulary, or one built from the training transcripts."""
+    if settings.init in PRESETS:
+        config, state, folder = preset_config(settings.init), None, None
+    else:
+        folder = resolve(settings.init)
+        config, state = read_config(folder), from_hf_keys(read_state_dict(folder))
+    vocab = None
+    if folder is not None and (folder / "vocab.json").is_file():
+        vocab = Vocabulary.from_folder(folder)
+    if vocab is None:
+        vocab = build_vocabulary(e.text for e in train)
+    preprocessing = (Preprocessing.from_folder(folder) if folder is not None else None) or Preprocessing(
+        do_normalize=True, return_attention_mask=config.feat_extract_norm == "layer")
+    config.vocab_size = len(vocab)
+    config.pad_token_id = vocab.blank
+    if settings.layerdrop is not None:
+        config.layerdrop = settings.layerdrop
+    model = Wav2Vec2ForCTC(config, vocab, preprocessing)
+    if state is not None:
+        encoder = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
+        load_state(model, encoder, settings.init, optional={"wav2vec2.masked_spec_embed", "lm_head.weight",
+                                                              "lm_head.bias"})
+    return model
+
+
+def labelled(entries: list[Entry], vocab: Vocabulary) -> tuple[list[Entry], list[list[int]], dict[str, int]]:
+    """Entries whose normalised transcripts the vocabulary can spell, with their label ids.
+    Transcripts with other characters are skipped, counted, and their characters reported."""
+    kept, labels, unknown = [], [], set()
+    skipped = 0
+    for entry in entries:
+        if entry.text is None:
+            raise DataError(f"{entry.audio}: no transcript (fine-tuning needs a `text` for every utterance)")
+        text = normalize_text(entry.text, vocab)
+        missing = vocab.unknown_characters(text)
+        if missing or not text:
+            unknown |= missing
+            skipped += 1
+            continue
+        kept.append(entry)
+        labels.append(vocab.encode(text))
+    if unknown:
+        warnings.warn(f"skipped {skipped} transcripts with characters outside the vocabulary: "
+                      f"{' '.join(repr(c) for c in sorted(unknown))}", stacklevel=2)
+    if not kept:
+        raise DataError("no training transcript can be written with the vocabulary")
+    return kept, labels, {"unknown characters": skipped}
+
+
+def load_labelled_batch(entries: list[Entry], labels: list[list[int]], indices: list[int],
+                        preprocessing: Preprocessing) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Padded audio (batch, samples), the real lengths, and the indices that could be read."""
+    from ..audio import load_audio
+
+    arrays, kept = [], []
+    for index in indices:
+        try:
+            audio = load_audio(entries[index].audio)
+        except AudioError as error:
+            warnings.warn(f"skipping {error}", stacklevel=2)
+            continue
+        arrays.append(normalize(audio) if preprocessing.do_normalize else audio)
+        kept.append(index)
+    if not arrays:
+        raise Wav2Vec2Error("no file of a batch could be read")
+    lengths = torch.tensor([len(a) for a in arrays])
+    waveform = torch.full((len(arrays), int(lengths.max())), preprocessing.padding_value)
+    for row, array in enumerate(arrays):
+        waveform[row, :len(array)] = torch.from_numpy(array)
+    return waveform, lengths, kept
+
+
+def finetune(settings: FinetuneSettings) -> Path:
+    """Run (or resume) fine-tuning; returns the folder of the final (best) model."""
+    runtime = start_runtime(settings.device)
+    try:
+        return _finetune(settings, runtime)
+    finally:
+        stop_runtime()
+
+
+def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
+    from ..evaluate import evaluate
+
+    out = Path(settings.out)
+    checkpoints = out / "checkpoints"
+    if not settings.resume and latest_checkpoint(checkpoints) is not None:
+        raise Wav2Vec2Error(f"{out} holds checkpoints of an earlier run: "
+                            "continue it with --resume, or choose another output folder")
+    train = load_data(settings.train)
+    dev = load_data(settings.dev) if settings.dev else None
+    torch.manual_seed(settings.seed)
+    model = build_model(settings, train)
+    vocab, config = model.vocab, model.config
+    train, labels, skipped = labelled(train, vocab)
+    min_samples = config.receptive_field
+    entries, lengths, unusable = measure(train, min_samples)
+    skipped.update(unusable)
+    label_of = {str(e.audio): l for e, l in zip(train, labels)}
+    labels = [label_of[str(e.audio)] for e in entries]
+    max_samples = int(settings.max_seconds * SAMPLE_RATE)
+    usable = [i for i, n in enumerate(lengths) if n <= max_samples]
+    skipped["too long"] = len(lengths) - len(usable)
+    entries, lengths, labels = [entries[i] for i in usable], [lengths[i] for i in usable], [labels[i] for i in usable]
+    batches = make_batches(lengths, int(settings.max_batch_seconds * SAMPLE_RATE), max_samples)
+    order = BatchOrder(batches, runtime.world, settings.seed)
+
+    model.to(runtime.device)
+    for parameter in model.wav2vec2.feature_encoder.parameters():
+        parameter.requires_grad = False
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    start, best = 0, {"wer": math.inf, "step": 0}
+    if settings.resume:
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise Wav2Vec2Error(f"--resume: no checkpoint in {checkpoints}")
+        state = load_checkpoint(path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = state["step"], state["best"]
+    training = CTCTraining(model)
+    trained = DistributedDataParallel(training, find_unused_parameters=True) if runtime.world > 1 else training
+
+    log = RunLog(out, runtime.main, resume_from=start if settings.resume else None)
+    if runtime.main and not settings.resume:
+        log.write({"event": "start", "utterances": len(entries), "batches": len(batches), "skipped": skipped,
+                   "vocabulary": vocab.tokens, "processes": runtime.world, "settings": asdict(settings)})
+    progress = Progress(runtime.main, start, settings.max_steps, "fine-tuning")
+    interval: dict[str, float] = {}
+    for step in range(start, settings.max_steps):
+        torch.manual_seed(seed_for(settings.seed, step, runtime.rank))  # dropout, LayerDrop: resumable
+        model.train()
+        lr = settings.lr * tri_stage(step, settings.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        frozen = step < settings.freeze_steps
+        for micro in range(settings.accumulate):
+            index = step * settings.accumulate + micro
+            waveform, sample_lengths, kept = load_labelled_batch(entries, labels, order.batch(index, runtime.rank),
+                                                                 model.preprocessing)
+            frames = frame_lengths(sample_lengths, config)
+            usable = [alignable(int(f), labels[i]) for f, i in zip(frames, kept)]
+            time_mask, channel_mask = spec_augment(kept, frames.tolist(), config, settings, index)
+            targets = [torch.tensor(labels[i]) for i in kept]
+            attention_mask = None
+            if model.preprocessing.return_attention_mask:
+                attention_mask = (torch.arange(waveform.shape[1])[None] < sample_lengths[:, None]).long()
+            device = runtime.device
+            last = micro == settings.accumulate - 1
+            sync = trained.no_sync() if runtime.world > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(device, settings.precision):
+                    losses, _ = trained(waveform.to(device), None if attention_mask is None else attention_mask.to(device),
+                                        sample_lengths.to(device), torch.cat(targets).to(device),
+                                        torch.tensor([len(t) for t in targets]).to(device),
+                                        time_mask.to(device), channel_mask.to(device), frozen)
+                weights = torch.tensor(usable, dtype=losses.dtype, device=device)
+                loss = (losses * weights).sum() / max(1, sum(usable))
+                (loss / settings.accumulate).backward()
+            interval["loss"] = interval.get("loss", 0.0) + loss.item() / settings.accumulate
+            interval["unalignable"] = interval.get("unalignable", 0) + len(usable) - sum(usable)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm))
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            warnings.warn(f"step {step + 1}: gradient is not finite, update skipped", stacklevel=1)
+        optimizer.zero_grad(set_to_none=True)
+        progress.update({"loss": loss.item()})
+        interval["steps"] = interval.get("steps", 0) + 1
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.max_steps:
+            steps = interval.pop("steps")
+            unalignable = interval.pop("unalignable")
+            record = average_over_processes({k: v / steps for k, v in interval.items()}, runtime.device)
+            log.write({"step": done, **record, "ctc_loss": record["loss"], "lr": lr, "grad_norm": grad_norm,
+                       "unalignable": unalignable, "transformer_frozen": frozen})
+            interval = {}
+        if dev is not None and (done % settings.eval_every == 0 or done == settings.max_steps):
+            if runtime.main:
+                result = evaluate(model.eval(), dev, batch_size=settings.batch_size_eval)
+                log.write({"step": done, "wer": result.wer, "cer": result.cer})
+                if result.wer < best["wer"]:
+                    best = {"wer": result.wer, "cer": result.cer, "step": done}
+                    save_model(model, out / "best")
+            if runtime.world > 1:
+                torch.distributed.barrier()
+        if done % settings.save_every == 0 or done == settings.max_steps:
+            if runtime.main:
+                save_checkpoint(checkpoints, done, {"step": done, "model": model.state_dict(), "best": best,
+                                                    "optimizer": optimizer.state_dict()}, settings.keep_checkpoints)
+            if runtime.world > 1:
+                torch.distributed.barrier()
+    progress.close()
+    final = out / "final"
+    if runtime.main:
+        if (out / "best").is_dir():
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(out / "best", final)
+        else:
+            save_model(model, final)
+        log.write({"event": "end", "final": str(final), "best": best})
+    if runtime.world > 1:
+        torch.distributed.barrier()
+    return final
+
+
+def spec_augment(utterances: list[int], frames: list[int], config: Wav2Vec2Config, settings: FinetuneSettings,
+                 index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Time spans replaced by the mask embedding and channel spans zeroed, per utterance."""
+    longest = max(frames)
+    time_rows, channel_rows = [], []
+    channels = config.hidden_size
+    channel_length = min(settings.mask_feature_length, max(1, channels // 4))
+    for utterance, count in zip(utterances, frames):
+        time_rows.append(span_mask([count], longest, settings.mask_time_prob, settings.mask_time_length, 2,
+                                   rng_for(settings.seed, index, utterance, 1))
+                         if settings.mask_time_prob > 0 else torch.zeros(1, longest, dtype=torch.bool))
+        channel_rows.append(span_mask([channels], channels, settings.mask_feature_prob, channel_length, 0,
+                                      rng_for(settings.seed, index, utterance, 2))
+                            if settings.mask_feature_prob > 0 else torch.zeros(1, channels, dtype=torch.bool))
+    return torch.cat(time_rows), torch.cat(channel_rows)

@@ -1,0 +1,144 @@
+"""CTC fine-tuning: it fits labelled audio, saves what transformers loads, resumes exactly after a
+kill, and copes with bad labelled data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import transformers
+
+import wav2vec2
+from wav2vec2.evaluate import evaluate
+from wav2vec2.manifest import read_manifest
+from wav2vec2.train.finetune import FinetuneSettings, alignable, finetune
+from wav2vec2.train.pretrain import PretrainSettings, pretrain
+
+from .conftest import write_phone_corpus, write_spelled_corpus
+
+COMMAND = str(Path(sys.executable).parent / "wav2vec2")
+
+
+@pytest.fixture(scope="module")
+def spelled(tmp_path_factory) -> Path:
+    return write_spelled_corpus(tmp_path_factory.mktemp("spelled"), count=8)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A (briefly) pretrained tiny encoder, to fine-tune from."""
+    corpus = write_phone_corpus(tmp_path_factory.mktemp("phones"), count=4)
+    run = tmp_path_factory.mktemp("pretrained")
+    return pretrain(PretrainSettings(data=str(corpus), out=str(run), max_steps=2, num_negatives=5, max_seconds=2))
+
+
+def records(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_alignable_counts_the_blanks_between_repeats():
+    assert alignable(3, [1, 2, 3]) and not alignable(2, [1, 2, 3])
+    assert not alignable(3, [1, 1, 2]) and alignable(4, [1, 1, 2])
+
+
+@pytest.mark.slow
+def test_a_tiny_model_fits_a_handful_of_clips(spelled, tmp_path):
+    final = finetune(FinetuneSettings(init="tiny", train=str(spelled), dev=str(spelled), out=str(tmp_path),
+                                      max_steps=300, lr=3e-3, eval_every=100, log_every=25, mask_time_prob=0.0,
+                                      mask_feature_prob=0.0, max_batch_seconds=20))
+    model = wav2vec2.load_model(final)
+    result = evaluate(model, read_manifest(spelled))
+    assert result.cer <= 0.05  # the CTC path, the vocabulary and decoding fit together
+    losses = [r["loss"] for r in records(tmp_path)]
+    assert losses[-1] < losses[0] / 10
+
+
+def test_fine_tuned_checkpoint_loads_in_transformers(pretrained, spelled, tmp_path):
+    final = finetune(FinetuneSettings(init=str(pretrained), train=str(spelled), dev=str(spelled),
+                                      out=str(tmp_path), max_steps=3, eval_every=3, lr=1e-3))
+    ours = wav2vec2.load_model(final)
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(final).eval()
+    processor = transformers.Wav2Vec2Processor.from_pretrained(final)
+    audio, _ = soundfile.read(str(spelled.parent / "utt1.wav"), dtype="float32")
+    inputs = processor(audio, sampling_rate=16000, return_tensors="pt")
+    with torch.inference_mode():
+        expected = theirs(inputs.input_values).logits
+        actual = ours(inputs.input_values)
+    assert (actual - expected).abs().max() <= 1e-4
+    # the encoder came from the pretrained checkpoint; the head is new, over the transcripts' letters
+    assert ours.vocab.tokens[5:] == list("ABCDEF")
+    pretrained_model = wav2vec2.checkpoints.load_pretrained(pretrained)
+    frozen = pretrained_model.wav2vec2.feature_encoder.conv_layers[0].conv.weight
+    assert torch.equal(ours.wav2vec2.feature_encoder.conv_layers[0].conv.weight, frozen)
+
+
+def test_resume_after_kill_repeats_the_uninterrupted_run(spelled, tmp_path):
+    common = ["finetune", "--init", "tiny", "--train", str(spelled), "--max-steps", "80", "--save-every", "5",
+              "--log-every", "1", "--lr", "1e-3", "--max-batch-seconds", "6", "--freeze-steps", "10"]
+    whole = subprocess.run([COMMAND, *common, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([COMMAND, *common, "--out", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = sorted((killed / "checkpoints").glob("step-*.pt"))
+    assert saved and int(saved[-1].stem.split("-")[1]) < 80, "the run was not killed mid-way"
+    resumed = subprocess.run([COMMAND, *common, "--out", str(killed), "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = records(tmp_path / "whole"), records(killed)
+    assert [r["step"] for r in actual] == [r["step"] for r in expected] == list(range(1, 81))
+    for a, b in zip(actual, expected):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"]) and a["transformer_frozen"] == b["transformer_frozen"]
+
+
+def test_bad_labelled_data_is_skipped_counted_and_training_goes_on(spelled, tmp_path):
+    folder = spelled.parent
+    short = tmp_path / "short.wav"
+    soundfile.write(str(short), (0.1 * np.random.default_rng(0).standard_normal(1600)).astype(np.float32), 16000)
+    lines = [line if i == 0 else f"{folder}/{line}" for i, line in enumerate(spelled.read_text().splitlines())]
+    lines[1:1] = [f"{folder / 'missing.wav'}\tABC", f"{short}\tABCDEF ABCDEF ABCDEF",  # 4 frames, 20 labels
+                  f"{folder / 'utt2.wav'}\tAB 42 CD"]
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    init = tmp_path / "init"  # a CTC checkpoint whose vocabulary has no digits
+    make_vocab_model(init)
+    with pytest.warns(UserWarning) as caught:
+        finetune(FinetuneSettings(init=str(init), train=str(manifest), out=str(tmp_path / "run"), max_steps=4,
+                                  log_every=1, max_batch_seconds=200))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'2'" in messages and "'4'" in messages and "missing.wav" in messages
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["skipped"]["unknown characters"] == 1 and log[0]["skipped"]["unreadable"] == 1
+    steps = [r for r in log if "loss" in r]
+    assert all(np.isfinite(r["loss"]) for r in steps)  # the unalignable clip does not turn into NaN
+    assert sum(r["unalignable"] for r in steps) >= 1
+
+
+def make_vocab_model(folder: Path) -> None:
+    from .conftest import make_hf_checkpoint
+    make_hf_checkpoint(folder, "base")
+
+
+@pytest.mark.parametrize("content", ["", "audio\ttext\n"])
+def test_an_empty_manifest_is_a_one_line_error(tmp_path, content):
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(content)
+    result = subprocess.run([COMMAND, "finetune", "--init", "tiny", "--train", str(manifest), "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("wav2vec2: error:")
