@@ -14,14 +14,17 @@ What is measured, and why:
   take turns within each repeat (round-robin), so that background load on a shared machine hits all of
   them alike, and the best run is the least disturbed. The real-time factor is wall time / audio
   seconds (lower is better); "vs SDPA" / "vs eager" is their best time divided by ours (above 1: ours
-  is faster).
+  is faster). "cpu s" is the process's CPU time of the same runs (best of N): it suffers less from
+  other work on the machine than wall time does, so it helps to judge a noisy run.
 * Memory: the increase of the process's peak resident set during the forward pass over the resident
   set just before it (Linux: reset the peak through /proc/self/clear_refs, read VmHWM afterwards).
-  This counts activations and temporaries, not the weights. Shown as "-" where unsupported.
+  This counts activations and temporaries, not the weights; memory freed by earlier runs is handed
+  back first (malloc_trim) so that it does not hide in the baseline. Shown as "-" where unsupported.
 * `--long`: transcribing one long WAV file end to end with our streaming pipeline
   (`wav2vec2.transcribe.transcribe_many`, base shape), each length in a fresh subprocess, reporting
-  wall time, real-time factor and that subprocess's peak RSS (weights and all). The point is that
-  memory stays flat as the file grows (target: below 2 GB for 60 minutes).
+  wall time, real-time factor and that subprocess's RSS: after loading the model, its peak while
+  transcribing, and its overall peak (weights and all). The point is that memory stays flat as the
+  file grows (target: peak below 2 GB for 60 minutes).
 
 Usage: python benchmarks/inference.py [--quick] [--long] [--repeats N] [--threads N]
 """
@@ -91,7 +94,10 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: VmHWM, or getrusage where /proc is missing."""
+    """This process's peak RSS in MB: VmHWM, or getrusage where /proc is missing.
+
+    The subprocess of --long reports its own VmHWM: getrusage(RUSAGE_CHILDREN) would not do, as a
+    child's ru_maxrss keeps the RSS its parent had when forking it (here, several loaded models)."""""
     hwm = read_status_kb("VmHWM")
     if hwm is not None:
         return hwm / 1024
@@ -160,21 +166,23 @@ def check_agreement(models: dict[str, torch.nn.Module], waveform: torch.Tensor) 
 
 # ---------------------------------------------------------------------------- timing
 
-def timed_forward(name: str, model: torch.nn.Module, waveform: torch.Tensor) -> tuple[float, float | None]:
-    """Wall seconds of one forward pass and the peak RSS increase during it in MB (None: unknown)."""
+def timed_forward(name: str, model: torch.nn.Module,
+                  waveform: torch.Tensor) -> tuple[float, float, float | None]:
+    """Wall and CPU seconds of one forward pass, and the peak RSS increase during it in MB
+    (None: unknown)."""
     gc.collect()
     release_free_memory()
     can_measure = reset_peak_rss()
     before = read_status_kb("VmRSS")
     with torch.inference_mode():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         logits = forward(name, model, waveform)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = read_status_kb("VmHWM")
     del logits
     if not can_measure or before is None or peak is None:
-        return seconds, None
-    return seconds, (peak - before) / 1024
+        return seconds, cpu, None
+    return seconds, cpu, (peak - before) / 1024
 
 
 def measure(models: dict[str, torch.nn.Module], seconds: float, repeats: int) -> dict[str, dict]:
@@ -183,22 +191,24 @@ def measure(models: dict[str, torch.nn.Module], seconds: float, repeats: int) ->
     waveform = torch.randn(1, int(seconds * SAMPLE_RATE), generator=generator)
     for name, model in models.items():  # warm-up: first-call allocations, lazy initialisation
         timed_forward(name, model, waveform)
-    results = {name: {"times": [], "memory": []} for name in models}
+    results = {name: {"times": [], "cpu": [], "memory": []} for name in models}
     names = list(models)
     for repeat in range(repeats):
         turn = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate who goes first
         for name in turn:
-            wall, memory = timed_forward(name, models[name], waveform)
+            wall, cpu, memory = timed_forward(name, models[name], waveform)
             results[name]["times"].append(wall)
+            results[name]["cpu"].append(cpu)
             if memory is not None:
                 results[name]["memory"].append(memory)
-    return {name: {"best": min(r["times"]), "memory": max(r["memory"]) if r["memory"] else None}
+    return {name: {"best": min(r["times"]), "cpu": min(r["cpu"]),
+                   "memory": max(r["memory"]) if r["memory"] else None}
             for name, r in results.items()}
 
 
 # ---------------------------------------------------------------------------- table
 
-HEADER = (f"{'config':<6} {'audio s':>7} {'implementation':<14} {'best s':>8} {'RTF':>7} "
+HEADER = (f"{'config':<6} {'audio s':>7} {'implementation':<14} {'best s':>8} {'cpu s':>8} {'RTF':>7} "
           f"{'peak MB':>8} {'vs SDPA':>8} {'vs eager':>8}")
 
 
@@ -208,7 +218,8 @@ def format_row(config: str, seconds: float, name: str, result: dict, row: dict) 
     if name == "ours":
         versus_sdpa = f"{row['hf-sdpa']['best'] / result['best']:.2f}x"
         versus_eager = f"{row['hf-eager']['best'] / result['best']:.2f}x"
-    return (f"{config:<6} {seconds:>7.0f} {name:<14} {result['best']:>8.3f} {result['best'] / seconds:>7.4f} "
+    return (f"{config:<6} {seconds:>7.0f} {name:<14} {result['best']:>8.3f} {result['cpu']:>8.3f} "
+            f"{result['best'] / seconds:>7.4f} "
             f"{memory:>8} {versus_sdpa:>8} {versus_eager:>8}")
 
 
@@ -236,18 +247,24 @@ def transcribe_child(folder: str, wav: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     model = wav2vec2.load_model(folder)
+    loaded_mb = read_status_kb("VmRSS") / 1024
+    load_peak_mb = peak_rss_mb()  # loading briefly holds the weights twice
+    reset_peak_rss()  # from here on VmHWM is the peak while transcribing (where clear_refs works)
     start = time.perf_counter()
     (_, result), = transcribe_many(model, [wav])
     wall = time.perf_counter() - start
     if isinstance(result, Exception):
         raise result
-    print(json.dumps({"wall": wall, "duration": result.duration, "peak_mb": peak_rss_mb(),
-                      "characters": len(result.text)}))
+    transcribe_peak_mb = peak_rss_mb()
+    print(json.dumps({"wall": wall, "duration": result.duration, "loaded_mb": loaded_mb,
+                      "transcribe_peak_mb": transcribe_peak_mb,
+                      "peak_mb": max(load_peak_mb, transcribe_peak_mb), "characters": len(result.text)}))
 
 
 def run_long(folder: Path, minutes_list: list[float], threads: int, workdir: Path) -> None:
     print("\nLong files: wav2vec2.transcribe.transcribe_many, base shape, fresh subprocess each")
-    print(f"{'minutes':>7} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
+    print(f"{'minutes':>7} {'wall s':>8} {'RTF':>7} {'RSS loaded MB':>14} {'peak transcribing MB':>21} "
+          f"{'peak RSS MB':>12}")
     peaks = []
     for minutes in minutes_list:
         wav = workdir / f"long-{minutes:g}min.wav"
@@ -262,9 +279,8 @@ def run_long(folder: Path, minutes_list: list[float], threads: int, workdir: Pat
         result = json.loads(completed.stdout.strip().splitlines()[-1])
         peaks.append(result["peak_mb"])
         print(f"{minutes:>7g} {result['wall']:>8.1f} {result['wall'] / result['duration']:>7.4f} "
+              f"{result['loaded_mb']:>14.0f} {result['transcribe_peak_mb']:>21.0f} "
               f"{result['peak_mb']:>12.0f}")
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"(largest child ru_maxrss: {children:.0f} MB)")
     if peaks:
         verdict = "held" if max(peaks) < MEMORY_TARGET_MB else "MISSED"
         print(f"Long-file peak RSS at most {max(peaks):.0f} MB: target < {MEMORY_TARGET_MB} MB {verdict}")

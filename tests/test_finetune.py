@@ -142,3 +142,18 @@ def test_an_empty_manifest_is_a_one_line_error(tmp_path, content):
                              str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("wav2vec2: error:")
+
+
+def test_torchrun_fine_tunes_with_two_processes(spelled, tmp_path):
+    import os
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29519", "-m", "wav2vec2", "finetune", "--init", "tiny",
+                             "--train", str(spelled), "--dev", str(spelled), "--out", str(tmp_path),
+                             "--max-steps", "3", "--eval-every", "3", "--log-every", "1", "--max-batch-seconds", "6",
+                             "--device", "cpu"], capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[0]["processes"] == 2
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and any("wer" in r for r in log)
+    assert wav2vec2.load_model(tmp_path / "final").vocab.tokens[5:] == list("ABCDEF")

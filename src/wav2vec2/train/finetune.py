@@ -30,9 +30,8 @@ from ..model import PRESETS, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths, pres
 from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, make_batches, measure, rng_for
-from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, latest_checkpoint,
-                   load_checkpoint, make_optimizer, save_checkpoint, seed_for, start_runtime, stop_runtime,
-                   tri_stage)
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, make_optimizer, resume_point,
+                   save_checkpoint, seed_for, start_runtime, stop_runtime, tri_stage)
 
 
 @dataclass
@@ -181,9 +180,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
 
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
-    if not settings.resume and latest_checkpoint(checkpoints) is not None:
-        raise Wav2Vec2Error(f"{out} holds checkpoints of an earlier run: "
-                            "continue it with --resume, or choose another output folder")
+    state = resume_point(out, settings.resume)
     train = load_data(settings.train)
     dev = load_data(settings.dev) if settings.dev else None
     torch.manual_seed(settings.seed)
@@ -207,11 +204,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
         parameter.requires_grad = False
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     start, best = 0, {"wer": math.inf, "step": 0}
-    if settings.resume:
-        path = latest_checkpoint(checkpoints)
-        if path is None:
-            raise Wav2Vec2Error(f"--resume: no checkpoint in {checkpoints}")
-        state = load_checkpoint(path)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = state["step"], state["best"]

@@ -67,12 +67,13 @@ def seed_for(seed: int, step: int, index: int) -> int:
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                    betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms and embeddings (tensors of fewer than 2 dimensions)."""
+    """AdamW (the fused kernel: one pass over each tensor instead of a dozen); no weight decay on
+    biases, norms and embeddings (tensors of fewer than 2 dimensions)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -162,6 +163,20 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
 def latest_checkpoint(folder: Path) -> Path | None:
     found = sorted(p for p in folder.glob("step-*.pt") if CHECKPOINT.search(p.name))
     return found[-1] if found else None
+
+
+def resume_point(out: Path, resume: bool) -> dict | None:
+    """The latest checkpoint of the run in `out` when resuming (an error if there is none); None
+    for a new run (an error if `out` already holds one, so that nothing is overwritten)."""
+    latest = latest_checkpoint(out / "checkpoints")
+    if resume:
+        if latest is None:
+            raise Wav2Vec2Error(f"--resume: no checkpoint in {out / 'checkpoints'}")
+        return load_checkpoint(latest)
+    if latest is not None:
+        raise Wav2Vec2Error(f"{out} holds checkpoints of an earlier run: "
+                            "continue it with --resume, or choose another output folder")
+    return None
 
 
 def load_checkpoint(path: Path) -> dict:

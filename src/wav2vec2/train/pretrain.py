@@ -20,14 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..audio import SAMPLE_RATE, Preprocessing
 from ..checkpoints import save_model
-from ..errors import Wav2Vec2Error
 from ..manifest import load_data
 from ..model import Wav2Vec2Config, frame_lengths, preset_config
 from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
-from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, latest_checkpoint,
-                   load_checkpoint, make_optimizer, save_checkpoint, seed_for, start_runtime, stop_runtime,
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes,
+                   make_optimizer, resume_point, save_checkpoint, seed_for, start_runtime, stop_runtime,
                    warmup_linear_decay)
 
 
@@ -99,19 +98,9 @@ def pretrain(settings: PretrainSettings) -> Path:
 def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
-    start, state = 0, None
-    if settings.resume:
-        path = latest_checkpoint(checkpoints)
-        if path is None:
-            raise Wav2Vec2Error(f"--resume: no checkpoint in {checkpoints}")
-        state = load_checkpoint(path)
-        start = state["step"]
-        config = Wav2Vec2Config.from_dict(state["config"])
-    else:
-        if latest_checkpoint(checkpoints) is not None:
-            raise Wav2Vec2Error(f"{out} holds checkpoints of an earlier run: "
-                                "continue it with --resume, or choose another output folder")
-        config = preset_config(settings.config)
+    state = resume_point(out, settings.resume)
+    start = state["step"] if state else 0
+    config = Wav2Vec2Config.from_dict(state["config"]) if state else preset_config(settings.config)
     out.mkdir(parents=True, exist_ok=True)
     normalize = settings.normalize if settings.normalize is not None else config.feat_extract_norm == "layer"
 
