@@ -97,7 +97,7 @@ def peak_rss_mb() -> float:
     """This process's peak RSS in MB: VmHWM, or getrusage where /proc is missing.
 
     The subprocess of --long reports its own VmHWM: getrusage(RUSAGE_CHILDREN) would not do, as a
-    child's ru_maxrss keeps the RSS its parent had when forking it (here, several loaded models)."""""
+    child's ru_maxrss keeps the RSS its parent had when forking it (here, several loaded models)."""
     hwm = read_status_kb("VmHWM")
     if hwm is not None:
         return hwm / 1024
@@ -247,7 +247,7 @@ def transcribe_child(folder: str, wav: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     model = wav2vec2.load_model(folder)
-    loaded_mb = read_status_kb("VmRSS") / 1024
+    loaded_mb = (read_status_kb("VmRSS") or 0) / 1024  # 0: unknown
     load_peak_mb = peak_rss_mb()  # loading briefly holds the weights twice
     reset_peak_rss()  # from here on VmHWM is the peak while transcribing (where clear_refs works)
     start = time.perf_counter()
