@@ -156,8 +156,8 @@ def utterance_record(utterance: Utterance) -> dict:
     """One utterance as a flat dict (the CSV columns; word counts are None for a failed file)."""
     counts = dataclasses.asdict(utterance.words) if utterance.words else dict.fromkeys(CSV_COLUMNS[6:10])
     return {"audio": utterance.audio, "reference": utterance.reference, "hypothesis": utterance.hypothesis,
-            "duration": None if utterance.duration is None else round(utterance.duration, 3), "wer": utterance.wer, "cer": utterance.cer, **counts,
-            "error": utterance.error}
+            "duration": None if utterance.duration is None else round(utterance.duration, 3),
+            "wer": utterance.wer, "cer": utterance.cer, **counts, "error": utterance.error}
 
 
 def write_report(result: EvaluationResult, path: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ..audio import SAMPLE_RATE, Preprocessing, normalize
+from ..audio import SAMPLE_RATE, Preprocessing, load_audio, normalize
 from ..checkpoints import from_hf_keys, load_state, read_config, read_state_dict, resolve, save_model
 from ..errors import AudioError, DataError, Wav2Vec2Error
 from ..manifest import Entry, load_data
@@ -73,17 +73,16 @@ class CTCTraining(nn.Module):
 
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor,
                 targets: torch.Tensor, target_lengths: torch.Tensor, time_mask: torch.Tensor,
-                channel_mask: torch.Tensor, freeze_transformer: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the per-utterance CTC losses (0 for impossible alignments) and the frame counts."""
+                channel_mask: torch.Tensor, freeze_transformer: bool) -> torch.Tensor:
+        """The per-utterance CTC losses (0 for impossible alignments)."""
         model = self.model
         with torch.no_grad() if freeze_transformer else contextlib.nullcontext():
             context = model.wav2vec2(waveform, attention_mask, time_mask, 0.0, channel_mask).context
         logits = model.lm_head(model.dropout(context))
         frames = frame_lengths(lengths, model.config)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-        losses = F.ctc_loss(log_probs, targets, frames, target_lengths, blank=model.vocab.blank,
-                            reduction="none", zero_infinity=True)
-        return losses, frames
+        return F.ctc_loss(log_probs, targets, frames, target_lengths, blank=model.vocab.blank,
+                          reduction="none", zero_infinity=True)
 
 
 def alignable(frames: int, labels: list[int]) -> bool:
@@ -119,35 +118,33 @@ def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCT
     return model
 
 
-def labelled(entries: list[Entry], vocab: Vocabulary) -> tuple[list[Entry], list[list[int]], dict[str, int]]:
-    """Entries whose normalised transcripts the vocabulary can spell, with their label ids.
-    Transcripts with other characters are skipped, counted, and their characters reported."""
+def labelled(entries: list[Entry], vocab: Vocabulary) -> tuple[list[int], list[list[int]], int]:
+    """Indices of the entries whose normalised transcripts the vocabulary can spell, their label
+    ids, and how many were skipped: transcripts with other characters are skipped, counted, and
+    their characters reported."""
     kept, labels, unknown = [], [], set()
-    skipped = 0
-    for entry in entries:
+    for index, entry in enumerate(entries):
         if entry.text is None:
             raise DataError(f"{entry.audio}: no transcript (fine-tuning needs a `text` for every utterance)")
         text = normalize_text(entry.text, vocab)
         missing = vocab.unknown_characters(text)
         if missing or not text:
             unknown |= missing
-            skipped += 1
             continue
-        kept.append(entry)
+        kept.append(index)
         labels.append(vocab.encode(text))
+    skipped = len(entries) - len(kept)
     if unknown:
         warnings.warn(f"skipped {skipped} transcripts with characters outside the vocabulary: "
                       f"{' '.join(repr(c) for c in sorted(unknown))}", stacklevel=2)
     if not kept:
         raise DataError("no training transcript can be written with the vocabulary")
-    return kept, labels, {"unknown characters": skipped}
+    return kept, labels, skipped
 
 
-def load_labelled_batch(entries: list[Entry], labels: list[list[int]], indices: list[int],
-                        preprocessing: Preprocessing) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def load_labelled_batch(entries: list[Entry], indices: list[int], preprocessing: Preprocessing
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Padded audio (batch, samples), the real lengths, and the indices that could be read."""
-    from ..audio import load_audio
-
     arrays, kept = [], []
     for index in indices:
         try:
@@ -186,16 +183,14 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     torch.manual_seed(settings.seed)
     model = build_model(settings, train)
     vocab, config = model.vocab, model.config
-    train, labels, skipped = labelled(train, vocab)
-    min_samples = config.receptive_field
-    entries, lengths, unusable = measure(train, min_samples)
-    skipped.update(unusable)
-    label_of = {str(e.audio): l for e, l in zip(train, labels)}
-    labels = [label_of[str(e.audio)] for e in entries]
+    entries, lengths, skipped = measure(train, config.receptive_field)
+    kept, labels, skipped["unknown characters"] = labelled(entries, vocab)
     max_samples = int(settings.max_seconds * SAMPLE_RATE)
-    usable = [i for i, n in enumerate(lengths) if n <= max_samples]
-    skipped["too long"] = len(lengths) - len(usable)
-    entries, lengths, labels = [entries[i] for i in usable], [lengths[i] for i in usable], [labels[i] for i in usable]
+    short_enough = [(i, label) for i, label in zip(kept, labels) if lengths[i] <= max_samples]
+    skipped["too long"] = len(kept) - len(short_enough)
+    entries = [entries[i] for i, _ in short_enough]
+    lengths = [lengths[i] for i, _ in short_enough]
+    labels = [label for _, label in short_enough]
     batches = make_batches(lengths, int(settings.max_batch_seconds * SAMPLE_RATE), max_samples)
     order = BatchOrder(batches, runtime.world, settings.seed)
 
@@ -226,7 +221,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
         frozen = step < settings.freeze_steps
         for micro in range(settings.accumulate):
             index = step * settings.accumulate + micro
-            waveform, sample_lengths, kept = load_labelled_batch(entries, labels, order.batch(index, runtime.rank),
+            waveform, sample_lengths, kept = load_labelled_batch(entries, order.batch(index, runtime.rank),
                                                                  model.preprocessing)
             frames = frame_lengths(sample_lengths, config)
             usable = [alignable(int(f), labels[i]) for f, i in zip(frames, kept)]
@@ -240,10 +235,12 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
             sync = trained.no_sync() if runtime.world > 1 and not last else contextlib.nullcontext()
             with sync:
                 with autocast(device, settings.precision):
-                    losses, _ = trained(waveform.to(device), None if attention_mask is None else attention_mask.to(device),
-                                        sample_lengths.to(device), torch.cat(targets).to(device),
-                                        torch.tensor([len(t) for t in targets]).to(device),
-                                        time_mask.to(device), channel_mask.to(device), frozen)
+                    if attention_mask is not None:
+                        attention_mask = attention_mask.to(device)
+                    target_lengths = torch.tensor([len(t) for t in targets])
+                    losses = trained(waveform.to(device), attention_mask, sample_lengths.to(device),
+                                     torch.cat(targets).to(device), target_lengths.to(device),
+                                     time_mask.to(device), channel_mask.to(device), frozen)
                 weights = torch.tensor(usable, dtype=losses.dtype, device=device)
                 loss = (losses * weights).sum() / max(1, sum(usable))
                 (loss / settings.accumulate).backward()
