@@ -89,8 +89,8 @@ class EvaluationResult:
             "failed_files": [u.audio for u in self.failed],
             "words": dataclasses.asdict(self.words),
             "characters": dataclasses.asdict(self.characters),
-            "audio_seconds": round(self.audio_seconds, 3),
-            "processing_seconds": round(self.processing_seconds, 3),
+            "audio_seconds": round(self.audio_seconds, 6),
+            "processing_seconds": round(self.processing_seconds, 6),
             "unknown_characters": self.unknown_characters,
         }
 
