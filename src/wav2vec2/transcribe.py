@@ -9,6 +9,7 @@ stream and only per-frame best tokens are kept, so memory does not grow with the
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
             if on_progress:
                 on_progress(len(logits) * model.config.samples_per_frame / SAMPLE_RATE)
         batch.clear()
+        release_freed_memory()
 
     def finish(index: int) -> None:
         state = pending.pop(index)
@@ -194,6 +196,28 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
     if batch:
         run_batch()
     yield from release()
+
+
+def release_freed_memory() -> None:
+    """Give memory that PyTorch has freed back to the operating system.
+
+    glibc's allocator keeps freed blocks for reuse, and over many chunks of a long recording they
+    fragment: without this, transcribing 20 minutes peaked 230 MB higher than 5 minutes. A no-op
+    where the C library is not glibc.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _count(blocks: Iterable[np.ndarray], state: _Pending) -> Iterator[np.ndarray]:
