@@ -30,8 +30,8 @@ from ..model import PRESETS, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths, pres
 from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, make_batches, measure, rng_for
-from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, make_optimizer, resume_point,
-                   save_checkpoint, seed_for, start_runtime, stop_runtime, tri_stage)
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
+                   resume_point, seed_for, start_runtime, stop_runtime, tri_stage, update)
 
 
 @dataclass
@@ -246,12 +246,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
                 (loss / settings.accumulate).backward()
             interval["loss"] = interval.get("loss", 0.0) + loss.item() / settings.accumulate
             interval["unalignable"] = interval.get("unalignable", 0) + len(usable) - sum(usable)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm))
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            warnings.warn(f"step {step + 1}: gradient is not finite, update skipped", stacklevel=1)
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = update(model, optimizer, settings.clip_norm, step)
         progress.update({"loss": loss.item()})
         interval["steps"] = interval.get("steps", 0) + 1
         done = step + 1
@@ -272,11 +267,8 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
             if runtime.world > 1:
                 torch.distributed.barrier()
         if done % settings.save_every == 0 or done == settings.max_steps:
-            if runtime.main:
-                save_checkpoint(checkpoints, done, {"step": done, "model": model.state_dict(), "best": best,
-                                                    "optimizer": optimizer.state_dict()}, settings.keep_checkpoints)
-            if runtime.world > 1:
-                torch.distributed.barrier()
+            snapshot = {"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best}
+            checkpoint_on_main(runtime, checkpoints, done, snapshot, settings.keep_checkpoints)
     progress.close()
     final = out / "final"
     if runtime.main:

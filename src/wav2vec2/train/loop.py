@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,17 @@ def start_runtime(device: str = "auto") -> Runtime:
 def stop_runtime() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_norm: float, step: int) -> float:
+    """Clip the gradient norm, step (unless the gradient is not finite), clear; returns the norm."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        warnings.warn(f"step {step + 1}: gradient is not finite, update skipped", stacklevel=2)
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def seed_for(seed: int, step: int, index: int) -> int:
@@ -158,6 +170,14 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return target
+
+
+def checkpoint_on_main(runtime: Runtime, folder: Path, step: int, state: dict, keep: int) -> None:
+    """The main process saves; every process waits for it, so none runs ahead of a checkpoint."""
+    if runtime.main:
+        save_checkpoint(folder, step, state, keep)
+    if runtime.world > 1:
+        dist.barrier()
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

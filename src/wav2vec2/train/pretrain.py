@@ -10,8 +10,6 @@ fine-tuning.
 from __future__ import annotations
 
 import contextlib
-import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +23,8 @@ from ..model import Wav2Vec2Config, frame_lengths, preset_config
 from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
-from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes,
-                   make_optimizer, resume_point, save_checkpoint, seed_for, start_runtime, stop_runtime,
-                   warmup_linear_decay)
+from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
+                   resume_point, seed_for, start_runtime, stop_runtime, update, warmup_linear_decay)
 
 
 @dataclass
@@ -155,12 +152,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
             for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
                 interval[name] = interval.get(name, 0.0) + getattr(output, name).item() / settings.accumulate
             interval["masked_steps"] = interval.get("masked_steps", 0.0) + output.masked_steps
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm))
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            warnings.warn(f"step {step + 1}: gradient is not finite, update skipped", stacklevel=1)
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = update(model, optimizer, settings.clip_norm, step)
         seconds = progress.update({"loss": output.loss.item(), "acc": output.accuracy.item()})
         interval["steps"] = interval.get("steps", 0) + 1
         interval["seconds"] = interval.get("seconds", 0.0) + seconds
@@ -175,12 +167,9 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
                        "audio_seconds_per_second": timing["audio"] * runtime.world / timing["seconds"]})
             interval = {}
         if done % settings.save_every == 0 or done == settings.max_steps:
-            if runtime.main:
-                save_checkpoint(checkpoints, done, {"step": done, "model": model.state_dict(),
-                                                    "optimizer": optimizer.state_dict(),
-                                                    "config": config.to_dict()}, settings.keep_checkpoints)
-            if runtime.world > 1:
-                torch.distributed.barrier()
+            snapshot = {"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "config": config.to_dict()}
+            checkpoint_on_main(runtime, checkpoints, done, snapshot, settings.keep_checkpoints)
     progress.close()
     final = out / "final"
     if runtime.main:
