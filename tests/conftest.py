@@ -8,6 +8,10 @@ extractor) so that the folders look exactly like the ones on the Hub.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +136,19 @@ def write_spelled_corpus(folder: Path, count: int = 8, seed: int = 0) -> Path:
     manifest = folder / "train.tsv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
+
+
+def kill_after_first_checkpoint_then_resume(arguments: list[str], out: Path, max_steps: int) -> None:
+    """Run `wav2vec2 ARGUMENTS --out OUT`, SIGKILL it as soon as its first checkpoint appears,
+    check it died mid-way, then finish the run with --resume."""
+    command = [str(Path(sys.executable).parent / "wav2vec2"), *map(str, arguments), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((out / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = sorted((out / "checkpoints").glob("step-*.pt"))
+    assert saved and int(saved[-1].stem.split("-")[1]) < max_steps, "the run was not killed mid-way"
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr

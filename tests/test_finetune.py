@@ -4,10 +4,8 @@ kill, and copes with bad labelled data."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from wav2vec2.manifest import read_manifest
 from wav2vec2.train.finetune import FinetuneSettings, alignable, finetune
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
 
-from .conftest import write_phone_corpus, write_spelled_corpus
+from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus, write_spelled_corpus
 
 COMMAND = str(Path(sys.executable).parent / "wav2vec2")
 
@@ -87,18 +85,7 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(spelled, tmp_path):
                            timeout=600)
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
-    process = subprocess.Popen([COMMAND, *common, "--out", str(killed)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((killed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved = sorted((killed / "checkpoints").glob("step-*.pt"))
-    assert saved and int(saved[-1].stem.split("-")[1]) < 80, "the run was not killed mid-way"
-    resumed = subprocess.run([COMMAND, *common, "--out", str(killed), "--resume"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    kill_after_first_checkpoint_then_resume(common, killed, 80)
     expected, actual = records(tmp_path / "whole"), records(killed)
     assert [r["step"] for r in actual] == [r["step"] for r in expected] == list(range(1, 81))
     for a, b in zip(actual, expected):

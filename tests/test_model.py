@@ -27,6 +27,18 @@ def batch_with_padding(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor,
     return waveform, mask
 
 
+def assert_padded_batch_matches(ours, theirs, family: str, lengths: list[int], seed: int = 0) -> None:
+    """Same logits on every real frame of a zero-padded batch; the base family is used without an
+    attention mask (zero padding), as in transformers."""
+    waveform, mask = batch_with_padding(lengths, seed)
+    attention_mask = mask if family == "lv60" else None
+    with torch.no_grad():
+        expected = theirs(waveform, attention_mask=attention_mask).logits
+        actual = ours(waveform, attention_mask)
+    for i, count in enumerate(frame_lengths(mask.sum(-1), ours.config)):
+        assert (actual[i, :count] - expected[i, :count]).abs().max() <= TOLERANCE
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers_single_input(checkpoints, family):
     ours = wav2vec2.load_model(checkpoints[family])
@@ -44,15 +56,7 @@ def test_logits_match_transformers_single_input(checkpoints, family):
 def test_logits_match_transformers_padded_batch(checkpoints, family):
     ours = wav2vec2.load_model(checkpoints[family])
     theirs = transformers.Wav2Vec2ForCTC.from_pretrained(checkpoints[family]).eval()
-    waveform, mask = batch_with_padding([16_000, 9_001, 4_321])
-    # the base family is used without an attention mask (zero padding), as in transformers
-    attention_mask = mask if family == "lv60" else None
-    with torch.no_grad():
-        expected = theirs(waveform, attention_mask=attention_mask).logits
-        actual = ours(waveform, attention_mask)
-    frames = frame_lengths(mask.sum(-1), ours.config)
-    for i, count in enumerate(frames):
-        assert (actual[i, :count] - expected[i, :count]).abs().max() <= TOLERANCE
+    assert_padded_batch_matches(ours, theirs, family, [16_000, 9_001, 4_321])
 
 
 def test_padding_does_not_change_real_frames_with_attention_mask(checkpoints):
@@ -153,11 +157,4 @@ def test_full_size_models_match_transformers(family, tmp_path):
     ours = wav2vec2.load_model(folder)
     their_keys = set(from_hf_keys(theirs.state_dict()))
     assert their_keys == set(ours.state_dict())  # nothing left over, nothing missing
-    waveform, mask = batch_with_padding([48_000, 30_000], seed=3)
-    attention_mask = mask if family == "lv60" else None
-    with torch.no_grad():
-        expected = theirs(waveform, attention_mask=attention_mask).logits
-        actual = ours(waveform, attention_mask)
-    frames = frame_lengths(mask.sum(-1), ours.config)
-    for i, count in enumerate(frames):
-        assert (actual[i, :count] - expected[i, :count]).abs().max() <= TOLERANCE
+    assert_padded_batch_matches(ours, theirs, family, [48_000, 30_000], seed=3)

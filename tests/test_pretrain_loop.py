@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from wav2vec2.pretraining import sample_distractors, span_mask
 from wav2vec2.train import loop
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
 
-from .conftest import write_phone_corpus
+from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus
 
 COMMAND = str(Path(sys.executable).parent / "wav2vec2")
 QUIET = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
@@ -97,17 +95,7 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(corpus, tmp_path):
     assert whole.returncode == 0, whole.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([COMMAND, *map(str, common), "--out", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((killed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved = sorted((killed / "checkpoints").glob("step-*.pt"))
-    assert saved and int(saved[-1].stem.split("-")[1]) < 40, "the run was not killed mid-way"
-    resumed = cli(*common, "--out", killed, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    kill_after_first_checkpoint_then_resume(common, killed, 40)
     expected, actual = records(tmp_path / "whole"), records(killed)
     assert [r["step"] for r in actual] == [r["step"] for r in expected] == list(range(1, 41))
     for a, b in zip(actual, expected):

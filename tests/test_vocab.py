@@ -26,7 +26,7 @@ def english() -> Vocabulary:
 
 def tokenizer_for(vocab: Vocabulary, folder) -> transformers.Wav2Vec2CTCTokenizer:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in vocab.save(folder).items():
+    for name, text in vocab.files().items():
         (folder / name).write_text(text, encoding="utf-8")
     return transformers.Wav2Vec2CTCTokenizer.from_pretrained(folder)
 

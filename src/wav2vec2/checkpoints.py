@@ -202,7 +202,7 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
     texts = {"config.json": json.dumps(config, indent=2),
              "preprocessor_config.json": json.dumps(model.preprocessing.to_dict(), indent=2)}
     if getattr(model, "vocab", None) is not None:
-        texts.update(model.vocab.save(folder))
+        texts.update(model.vocab.files())
     state = {k: v.detach().cpu().contiguous() for k, v in to_hf_keys(model.state_dict()).items()}
     _write_atomically(folder / "model.safetensors",
                       lambda path: save_file(state, str(path), metadata={"format": "pt"}))

@@ -87,7 +87,7 @@ class Vocabulary:
             do_lower_case=bool(settings.get("do_lower_case", False)),
         )
 
-    def save(self, folder: Path) -> dict[str, str]:
+    def files(self) -> dict[str, str]:
         """The files of this vocabulary as {file name: text}, in the Hugging Face layout."""
         tokenizer_config = {
             "tokenizer_class": "Wav2Vec2CTCTokenizer",

@@ -31,7 +31,7 @@ from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
-                   resume_point, seed_for, start_runtime, stop_runtime, tri_stage, update)
+                   resume_point, run_training, seed_for, tri_stage, update)
 
 
 @dataclass
@@ -165,11 +165,7 @@ def load_labelled_batch(entries: list[Entry], indices: list[int], preprocessing:
 
 def finetune(settings: FinetuneSettings) -> Path:
     """Run (or resume) fine-tuning; returns the folder of the final (best) model."""
-    runtime = start_runtime(settings.device)
-    try:
-        return _finetune(settings, runtime)
-    finally:
-        stop_runtime()
+    return run_training(_finetune, settings)
 
 
 def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:

@@ -61,6 +61,15 @@ def stop_runtime() -> None:
         dist.destroy_process_group()
 
 
+def run_training(train, settings):
+    """Call train(settings, runtime) inside the process group (if any), and leave it afterwards."""
+    runtime = start_runtime(settings.device)
+    try:
+        return train(settings, runtime)
+    finally:
+        stop_runtime()
+
+
 def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_norm: float, step: int) -> float:
     """Clip the gradient norm, step (unless the gradient is not finite), clear; returns the norm."""
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))

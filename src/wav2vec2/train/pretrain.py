@@ -24,7 +24,7 @@ from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
-                   resume_point, seed_for, start_runtime, stop_runtime, update, warmup_linear_decay)
+                   resume_point, run_training, seed_for, update, warmup_linear_decay)
 
 
 @dataclass
@@ -85,11 +85,7 @@ def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, 
 
 def pretrain(settings: PretrainSettings) -> Path:
     """Run (or resume) pretraining; returns the folder of the final checkpoint."""
-    runtime = start_runtime(settings.device)
-    try:
-        return _pretrain(settings, runtime)
-    finally:
-        stop_runtime()
+    return run_training(_pretrain, settings)
 
 
 def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
