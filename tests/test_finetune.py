@@ -59,6 +59,25 @@ def test_a_tiny_model_fits_a_handful_of_clips(spelled, tmp_path):
     assert losses[-1] < losses[0] / 10
 
 
+def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
+    """From a config.json with random weights: the feature encoder learns only when asked to."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**wav2vec2.model.PRESETS["tiny"], "conv_dim": [16, 32, 32, 32, 32, 32, 32]}))
+    first_layers = {}
+    for train_encoder in (False, True):
+        out = tmp_path / str(train_encoder)
+        final = finetune(FinetuneSettings(init=str(config), train=str(spelled), out=str(out), max_steps=2, lr=1e-2,
+                                          train_feature_encoder=train_encoder, max_batch_seconds=20))
+        first_layers[train_encoder] = wav2vec2.load_model(final).wav2vec2.feature_encoder.conv_layers[1].conv.weight
+        assert wav2vec2.load_model(final).config.conv_dim[0] == 16
+    torch.manual_seed(0)  # the seed finetune() initialises with
+    untrained = wav2vec2.model.Wav2Vec2ForCTC(wav2vec2.model.preset_config(str(config), vocab_size=11),
+                                              wav2vec2.vocab.build_vocabulary(["ABCDEF"]), None)
+    initial = untrained.wav2vec2.feature_encoder.conv_layers[1].conv.weight
+    assert torch.equal(first_layers[False], initial)
+    assert not torch.allclose(first_layers[True], initial)
+
+
 def test_fine_tuned_checkpoint_loads_in_transformers(pretrained, spelled, tmp_path):
     final = finetune(FinetuneSettings(init=str(pretrained), train=str(spelled), dev=str(spelled),
                                       out=str(tmp_path), max_steps=3, eval_every=3, lr=1e-3))

@@ -18,10 +18,10 @@ import transformers
 from wav2vec2 import Wav2Vec2Error
 from wav2vec2.checkpoints import load_pretrained
 from wav2vec2.errors import CheckpointError
-from wav2vec2.model import PRESETS, frame_lengths
+from wav2vec2.model import PRESETS, frame_lengths, preset_config
 from wav2vec2.pretraining import sample_distractors, span_mask
 from wav2vec2.train import loop
-from wav2vec2.train.pretrain import PretrainSettings, pretrain
+from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices
 
 from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus
 
@@ -85,6 +85,22 @@ def test_final_checkpoint_loads_in_transformers_with_the_same_loss(corpus, tmp_p
     assert actual.contrastive_loss.item() * masked == pytest.approx(expected.contrastive_loss.item(), rel=1e-4)
     assert actual.perplexity.item() == pytest.approx(expected.codevector_perplexity.item(), rel=1e-4)
     assert (tmp_path / "checkpoints" / "step-0000003.pt").is_file()
+
+
+def test_cross_utterance_distractors(corpus, tmp_path):
+    settings = PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=2, num_negatives=4,
+                                cross_negatives=3, max_seconds=2, max_batch_seconds=8, log_every=1)
+    config = preset_config("tiny")
+    time_mask, distractors, _ = random_choices([0, 1], 16_000, config, settings, index=0)
+    frames = time_mask.shape[1]
+    steps = np.flatnonzero(time_mask.numpy())  # flattened indices of the masked steps
+    cross = distractors[time_mask][:, 4:].numpy()
+    assert cross.shape == (len(steps), 3)
+    assert set(cross.flatten()) <= set(steps)  # masked steps of the batch...
+    assert not (cross == steps[:, None]).any()  # ...never the step itself...
+    assert (cross // frames != steps[:, None] // frames).any()  # ...and from the other utterance too
+    pretrain(settings)
+    assert records(tmp_path)[-1]["step"] == 2
 
 
 def test_resume_after_kill_repeats_the_uninterrupted_run(corpus, tmp_path):

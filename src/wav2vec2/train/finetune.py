@@ -1,7 +1,8 @@
 """CTC fine-tuning: `wav2vec2 finetune`, or `finetune(FinetuneSettings(...))`.
 
 A pretrained encoder gets a fresh linear CTC head over a character vocabulary (the init
-checkpoint's, or one built from the training transcripts). The feature encoder stays frozen,
+checkpoint's, or one built from the training transcripts). The feature encoder stays frozen
+(unless `train_feature_encoder`, for a random initialisation that has nothing worth keeping),
 the Transformer too for the first `freeze_steps` updates (only the head learns, from stable
 features); time and channel masking (SpecAugment) and LayerDrop regularise; the learning rate
 follows the tri-stage schedule. The dev set is scored every `eval_every` steps and the best model
@@ -36,7 +37,7 @@ from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, 
 
 @dataclass
 class FinetuneSettings:
-    init: str  # a pretrained checkpoint (folder or Hub id), or a preset name for random initialisation
+    init: str  # a pretrained checkpoint (folder or Hub id); a preset name or config.json: random initialisation
     train: str  # manifest (or LibriSpeech folder) of labelled audio
     out: str  # the run folder
     dev: str | None = None  # labelled audio scored every eval_every steps
@@ -48,6 +49,7 @@ class FinetuneSettings:
     lr: float = 5e-5
     weight_decay: float = 0.0
     freeze_steps: int = 0  # updates during which only the CTC head learns
+    train_feature_encoder: bool = False  # for random initialisation: nothing to keep frozen
     max_batch_seconds: float = 40.0
     max_seconds: float = 30.0  # longer utterances are skipped (and counted)
     accumulate: int = 1
@@ -67,9 +69,10 @@ class FinetuneSettings:
 class CTCTraining(nn.Module):
     """The model and its loss in one forward, so that DistributedDataParallel sees the whole step."""
 
-    def __init__(self, model: Wav2Vec2ForCTC):
+    def __init__(self, model: Wav2Vec2ForCTC, train_feature_encoder: bool):
         super().__init__()
         self.model = model
+        self.feature_grad_mult = 1.0 if train_feature_encoder else 0.0  # 0: no graph through the encoder
 
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor,
                 targets: torch.Tensor, target_lengths: torch.Tensor, time_mask: torch.Tensor,
@@ -77,7 +80,8 @@ class CTCTraining(nn.Module):
         """The per-utterance CTC losses (0 for impossible alignments)."""
         model = self.model
         with torch.no_grad() if freeze_transformer else contextlib.nullcontext():
-            context = model.wav2vec2(waveform, attention_mask, time_mask, 0.0, channel_mask).context
+            context = model.wav2vec2(waveform, attention_mask, time_mask, self.feature_grad_mult,
+                                       channel_mask).context
         logits = model.lm_head(model.dropout(context))
         frames = frame_lengths(lengths, model.config)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)
@@ -94,7 +98,7 @@ def alignable(frames: int, labels: list[int]) -> bool:
 def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCTC:
     """A CTC model with the init checkpoint's encoder (or random weights for a preset) and a
     fresh head over the init's vocabulary, or one built from the training transcripts."""
-    if settings.init in PRESETS:
+    if settings.init in PRESETS or settings.init.endswith(".json"):
         config, state, folder = preset_config(settings.init), None, None
     else:
         folder = resolve(settings.init)
@@ -192,14 +196,14 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
 
     model.to(runtime.device)
     for parameter in model.wav2vec2.feature_encoder.parameters():
-        parameter.requires_grad = False
+        parameter.requires_grad = settings.train_feature_encoder
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     start, best = 0, {"wer": math.inf, "step": 0}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = state["step"], state["best"]
-    training = CTCTraining(model)
+    training = CTCTraining(model, settings.train_feature_encoder)
     trained = DistributedDataParallel(training, find_unused_parameters=True) if runtime.world > 1 else training
 
     log = RunLog(out, runtime.main, resume_from=start if settings.resume else None)
