@@ -1,0 +1,92 @@
+"""The synthetic-corpus recipe (recipes/synthetic/make_corpus.py), run at a tiny scale.
+
+It needs the Debian TTS engines; where they are missing the tests are skipped, except under
+CI=true, where a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from wav2vec2.manifest import read_manifest
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "make_corpus.py"
+SPLITS = ("pretrain", "train_1h", "train_10min", "dev", "test", "test_voices")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> tuple[Path, Path]:
+    """The same tiny corpus built twice, with one worker and with two."""
+    missing = [name for name in ("espeak-ng", "flite", "festival") if shutil.which(name) is None]
+    if not Path("/usr/share/wordnet/data.noun").is_file():
+        missing.append("wordnet-base")
+    if missing:
+        message = f"the recipe needs the Debian packages {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("recipe")
+    folders = []
+    for jobs in (1, 2):
+        out = root / f"jobs{jobs}"
+        result = subprocess.run([sys.executable, str(RECIPE), "--out", str(out), "--seed", "0", "--scale", "0.01",
+                                 "--pretrain-hours", "2", "--jobs", str(jobs)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        folders.append(out)
+    return folders[0], folders[1]
+
+
+def metadata(folder: Path) -> list[dict[str, str]]:
+    lines = (folder / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    columns = lines[0].split("\t")
+    return [dict(zip(columns, line.split("\t"))) for line in lines[1:]]
+
+
+def test_same_bytes_whatever_the_number_of_workers(corpora):
+    one, two = corpora
+    assert (one / "checksums.sha256").read_bytes() == (two / "checksums.sha256").read_bytes()
+    for split in SPLITS:
+        assert (one / f"{split}.tsv").read_bytes() == (two / f"{split}.tsv").read_bytes()
+    for line in (one / "checksums.sha256").read_text().splitlines():  # and the checksums are right
+        digest, path = line.split("  ", 1)
+        assert hashlib.sha256((one / path).read_bytes()).hexdigest() == digest, path
+
+
+def test_held_out_sentences_and_voices(corpora):
+    folder = corpora[0]
+    texts = {split: {entry.text for entry in read_manifest(folder / f"{split}.tsv")} for split in SPLITS}
+    for held_out in ("test", "test_voices"):
+        for split in SPLITS:
+            if split != held_out:
+                assert not texts[held_out] & texts[split], (held_out, split)
+    assert {e.audio for e in read_manifest(folder / "train_10min.tsv")} <= \
+        {e.audio for e in read_manifest(folder / "train_1h.tsv")}
+    voices: dict[str, set[tuple[str, str, str]]] = {}
+    for row in metadata(folder):
+        voices.setdefault(row["split"], set()).add((row["engine"], row["voice"], row["variant"]))
+    assert set(voices) == set(SPLITS) - {"train_10min"}
+    for split, seen in voices.items():
+        if split != "test_voices":
+            assert not voices["test_voices"] & seen, split
+
+
+def test_transcripts_and_audio(corpora):
+    folder = corpora[0]
+    for split in SPLITS:
+        entries = read_manifest(folder / f"{split}.tsv")
+        assert entries, split
+        for entry in entries:
+            assert re.fullmatch(r"[A-Z']+( [A-Z']+)*", entry.text), entry.text
+            info = soundfile.info(str(entry.audio))
+            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            assert info.frames / 16000 == pytest.approx(entry.duration)
