@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +77,23 @@ def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
     initial = untrained.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     assert torch.equal(first_layers[False], initial)
     assert not torch.allclose(first_layers[True], initial)
+
+
+@pytest.mark.parametrize("metric, kept", [("wer", 1), ("cer", 2)])
+def test_the_kept_model_is_the_best_by_the_chosen_metric(spelled, tmp_path, monkeypatch, metric, kept):
+    """Dev scores scripted step by step: a model that writes nothing (WER 1.0) against one that
+    spells better but inserts words (WER 1.1, CER 0.5)."""
+    scores = iter([(1.0, 1.0), (1.1, 0.5), (1.2, 0.7)])
+
+    def scripted(model, entries, **kwargs):
+        wer, cer = next(scores)
+        return SimpleNamespace(wer=wer, cer=cer)
+
+    monkeypatch.setattr(wav2vec2.evaluate, "evaluate", scripted)
+    finetune(FinetuneSettings(init="tiny", train=str(spelled), dev=str(spelled), out=str(tmp_path), max_steps=3,
+                              eval_every=1, best_metric=metric))
+    end = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert end["best"]["step"] == kept
 
 
 def test_fine_tuned_checkpoint_loads_in_transformers(pretrained, spelled, tmp_path):

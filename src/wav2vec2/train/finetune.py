@@ -6,7 +6,7 @@ checkpoint's, or one built from the training transcripts). The feature encoder s
 the Transformer too for the first `freeze_steps` updates (only the head learns, from stable
 features); time and channel masking (SpecAugment) and LayerDrop regularise; the learning rate
 follows the tri-stage schedule. The dev set is scored every `eval_every` steps and the best model
-(lowest WER) is kept: the run folder's final/ is that model, a complete Hugging Face checkpoint.
+(lowest WER, or CER with `best_metric="cer"`) is kept: the run folder's final/ is that model, a complete Hugging Face checkpoint.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class FinetuneSettings:
     layerdrop: float | None = None  # default: the init checkpoint's
     log_every: int = 10
     eval_every: int = 500
+    best_metric: str = "wer"  # wer | cer: what picks the kept model (cer ranks models that still insert words)
     save_every: int = 500
     keep_checkpoints: int = 2
     batch_size_eval: int = 8
@@ -175,6 +176,8 @@ def finetune(settings: FinetuneSettings) -> Path:
 def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     from ..evaluate import evaluate
 
+    if settings.best_metric not in ("wer", "cer"):
+        raise Wav2Vec2Error(f"best_metric must be wer or cer, not {settings.best_metric!r}")
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
     state = resume_point(out, settings.resume)
@@ -198,7 +201,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     for parameter in model.wav2vec2.feature_encoder.parameters():
         parameter.requires_grad = settings.train_feature_encoder
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
-    start, best = 0, {"wer": math.inf, "step": 0}
+    start, best = 0, {settings.best_metric: math.inf, "step": 0}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -261,7 +264,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
             if runtime.main:
                 result = evaluate(model.eval(), dev, batch_size=settings.batch_size_eval)
                 log.write({"step": done, "wer": result.wer, "cer": result.cer})
-                if result.wer < best["wer"]:
+                if getattr(result, settings.best_metric) < best[settings.best_metric]:
                     best = {"wer": result.wer, "cer": result.cer, "step": done}
                     save_model(model, out / "best")
             if runtime.world > 1:
