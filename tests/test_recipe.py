@@ -23,9 +23,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "make_c
 SPLITS = ("pretrain", "train_1h", "train_10min", "dev", "test", "test_voices")
 
 
-@pytest.fixture(scope="module")
-def corpora(tmp_path_factory) -> tuple[Path, Path]:
-    """The same tiny corpus built twice, with one worker and with two."""
+def require_engines() -> None:
     missing = [name for name in ("espeak-ng", "flite", "festival") if shutil.which(name) is None]
     if not Path("/usr/share/wordnet/data.noun").is_file():
         missing.append("wordnet-base")
@@ -34,6 +32,12 @@ def corpora(tmp_path_factory) -> tuple[Path, Path]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> tuple[Path, Path]:
+    """The same tiny corpus built twice, with one worker and with two."""
+    require_engines()
     root = tmp_path_factory.mktemp("recipe")
     folders = []
     for jobs in (1, 2):
@@ -90,3 +94,17 @@ def test_transcripts_and_audio(corpora):
             info = soundfile.info(str(entry.audio))
             assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
             assert info.frames / 16000 == pytest.approx(entry.duration)
+
+
+@pytest.mark.slow
+def test_the_full_test_set_is_rebuilt_byte_for_byte(tmp_path):
+    """`--splits test` on another day and machine gives the 400 files of the corpus the experiment
+    was scored on (recipes/synthetic/test.sha256 holds their checksums)."""
+    require_engines()
+    out = tmp_path / "corpus"
+    subprocess.run([sys.executable, str(RECIPE), "--out", str(out), "--seed", "0", "--splits", "test"],
+                   check=True, capture_output=True, timeout=600)
+    assert sorted(path.name for path in out.glob("*.tsv")) == ["test.tsv"]
+    rebuilt = (out / "checksums.sha256").read_text().splitlines()
+    expected = (RECIPE.parent / "test.sha256").read_text().splitlines()
+    assert [line for line in rebuilt if " audio/test/" in line or line.endswith("  test.tsv")] == expected

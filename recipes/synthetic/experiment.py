@@ -1,0 +1,252 @@
+"""Does pretraining help when labels are few? The wav2vec 2.0 experiment at a CPU's scale.
+
+One small model (recipes/synthetic/model.json) is pretrained on the unlabelled set, then
+fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same model is fine-tuned
+from random initialisation (feature encoder included) on the same labels with the same number of
+updates and the same settings. Apart from that comparison, the pretrained model is also fine-tuned
+on the transcripts of the pretraining audio (10 hours), three times as long: the demo model.
+Every model is scored on both test sets (held-out sentences; held-out voices) with greedy
+decoding, and the table goes to OUT/RESULTS.md.
+
+    python recipes/synthetic/experiment.py --data data/synthetic --out runs/synthetic [--budget 1.0]
+
+Each run is one `wav2vec2` command (written to the table as it was run) in a subprocess with its
+own log. On a CPU the runs go in two lanes of one thread each, which does more work than one lane
+of two threads for a model this small: the pretraining beside the two from-scratch runs, then the
+fine-tunings of the pretrained model. On a GPU (used when present) they run one after another.
+A run whose final/ exists is not run again and an interrupted one resumes from its last
+checkpoint, so the command can be repeated after a crash. `--budget` scales every run's number of
+updates (1.0: about 80 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL_CONFIG = HERE / "model.json"
+PRETRAIN_STEPS = 2000
+FINETUNE_UPDATES = 1000
+DEMO_UPDATES_FACTOR = 3  # the demo model's fine-tuning, on the 10 hours' transcripts, is three times longer
+TEST_SETS = {"test": "held-out sentences", "test_voices": "held-out voices"}
+LABELS = {"train_10min": "10 min", "train_1h": "1 h", "pretrain": "10 h (demo)"}
+FINETUNED = ["scratch_train_10min", "pretrained_train_10min", "scratch_train_1h", "pretrained_train_1h",
+             "pretrained_pretrain"]  # the rows of the table, in order
+
+
+@dataclass
+class Run:
+    name: str
+    arguments: list[str]  # of the `wav2vec2` command
+    after: list[str] = field(default_factory=list)  # runs that must have finished first
+    seconds: float | None = None  # wall time, once run
+
+    def command(self) -> str:
+        return "wav2vec2 " + shlex.join(self.arguments)
+
+
+def plan(data: Path, out: Path, budget: float, device: str, seed: int, with_demo: bool) -> list[list[Run]]:
+    """The runs, in lanes: each lane runs its runs in order, waiting for their `after` runs."""
+    steps = max(10, round(PRETRAIN_STEPS * budget))
+    updates = max(10, round(FINETUNE_UPDATES * budget))
+    # the Gumbel temperature falls from 2 to its floor of 0.5 over the run, as over the paper's 400k updates
+    decay = 0.25 ** (1 / steps)
+    common = ["--device", device, "--seed", str(seed)]
+    config = os.path.relpath(MODEL_CONFIG)  # as a reader would type it, from the repository
+    pretrain = Run("pretrain", ["pretrain", "--data", str(data / "pretrain.tsv"), "--config", config,
+                                "--out", str(out / "pretrain"), "--max-steps", str(steps),
+                                "--gumbel-decay", f"{decay:.8f}", "--lr", "1e-3", "--normalize", "--mask-length", "5",
+                                "--max-batch-seconds", "20",
+                                "--log-every", "25", "--save-every", "250", *common])
+
+    def finetune(name: str, init: str, labels: str, updates: int, *extra: str, after: tuple[str, ...] = ()) -> Run:
+        return Run(name, ["finetune", "--init", init, "--train", str(data / f"{labels}.tsv"),
+                          "--dev", str(data / "dev.tsv"), "--out", str(out / name), "--max-steps", str(updates),
+                          "--lr", "5e-4", "--max-batch-seconds", "16", "--mask-time-prob", "0.3", "--best-metric", "cer",
+                          "--eval-every", str(max(1, updates // 5)), "--save-every", str(max(1, updates // 5)),
+                          "--log-every", "25", *extra, *common], list(after))
+
+    pretrained = str(out / "pretrain" / "final")
+    scratch = [finetune(f"scratch_{labels}", config, labels, updates, "--train-feature-encoder")
+               for labels in ("train_10min", "train_1h")]
+    # A pretrained Transformer is kept frozen for the first half of the updates while the new head
+    # learns, as in the paper: without it the head's first large gradients undo the pretraining.
+    freeze = ("--freeze-steps", str(updates // 2))
+    finetuned = [finetune(f"pretrained_{labels}", pretrained, labels, updates, *freeze, after=("pretrain",))
+                 for labels in ("train_10min", "train_1h")]
+    # Not part of the comparison: the demo model, from the transcripts of the pretraining audio.
+    demo = finetune("pretrained_pretrain", pretrained, "pretrain", DEMO_UPDATES_FACTOR * updates,
+                    "--freeze-steps", str(updates // 2), after=("pretrain",))
+    demos = [demo] if with_demo else []
+    if device == "cuda":
+        return [[pretrain, *scratch, *finetuned, *demos]]
+    return [[pretrain, finetuned[0], *demos], [*scratch, finetuned[1]]]
+
+
+def execute(run: Run, out: Path, threads: int) -> None:
+    """Run one command (resuming it if it was interrupted); its output goes to OUT/NAME.log."""
+    folder = out / run.name
+    if (folder / "final").is_dir():
+        return
+    arguments = list(run.arguments)
+    if (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir()):
+        arguments.append("--resume")
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    with open(out / f"{run.name}.log", "a") as log:
+        code = subprocess.run([sys.executable, "-m", "wav2vec2", *arguments], stdout=log, stderr=subprocess.STDOUT,
+                              env=environment).returncode
+    if code != 0:
+        raise RuntimeError(f"{run.name} failed (exit {code}); see {out / f'{run.name}.log'}")
+    run.seconds = time.perf_counter() - start
+
+
+def run_lanes(lanes: list[list[Run]], out: Path, threads: int) -> None:
+    """Each lane in its own thread; a run waits for the runs it needs, and a failure stops every lane."""
+    done = {run.name: threading.Event() for lane in lanes for run in lane}
+    failures: list[BaseException] = []
+
+    def work(lane: list[Run]) -> None:
+        for run in lane:
+            for name in run.after:
+                while not done[name].wait(5):
+                    if failures:
+                        return
+            if failures:
+                return
+            print(f"[{time.strftime('%H:%M:%S')}] {run.name}: {run.command()}", flush=True)
+            try:
+                execute(run, out, threads)
+            except BaseException as error:  # noqa: BLE001 - reported below, after the other lanes stop
+                failures.append(error)
+                return
+            print(f"[{time.strftime('%H:%M:%S')}] {run.name} done"
+                  + (f" in {run.seconds / 60:.1f} min" if run.seconds else " (already there)"), flush=True)
+            done[run.name].set()
+
+    workers = [threading.Thread(target=work, args=(lane,)) for lane in lanes]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise failures[0]
+
+
+def score(out: Path, data: Path, name: str, test: str, device: str, threads: int) -> dict:
+    """WER and CER of one fine-tuned model on one test set (greedy decoding), cached in OUT."""
+    cached = out / f"{name}.{test}.json"
+    if not cached.is_file():
+        result = subprocess.run([sys.executable, "-m", "wav2vec2", "evaluate", "--model", str(out / name / "final"),
+                                 "--manifest", str(data / f"{test}.tsv"), "--json", "--device", device,
+                                 "--threads", str(threads), "--output", str(out / f"{name}.{test}.csv")],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"evaluating {name} on {test} failed: {result.stderr.strip()[-500:]}")
+        cached.write_text(result.stdout)
+    return json.loads(cached.read_text())
+
+
+def best_dev(out: Path, name: str) -> dict:
+    """The dev WER and CER of the model the fine-tuning kept (its evaluation of lowest CER)."""
+    for line in reversed((out / name / "log.jsonl").read_text().splitlines()):
+        record = json.loads(line)
+        if record.get("event") == "end":
+            return record["best"]
+    raise RuntimeError(f"{name}: the fine-tuning log has no end record")
+
+
+def hardware(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} × {model}, torch {torch.__version__}"
+
+
+def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_threads: int, wall: float,
+           command: str) -> str:
+    runs = [run for lane in lanes for run in lane]
+    lines = ["| init | labels | updates | dev CER | " + " | ".join(
+        f"{test} WER | {test} CER" for test in TEST_SETS) + " |",
+             "|---|---|---|---|" + "---|---|" * len(TEST_SETS)]
+    results = {}
+    for name in [name for name in FINETUNED if any(run.name == name for run in runs)]:
+        run = next(run for run in runs if run.name == name)
+        init, labels = name.split("_", 1)
+        updates = run.arguments[run.arguments.index("--max-steps") + 1]
+        scores = {test: score(out, data, name, test, device, os.cpu_count() or 1) for test in TEST_SETS}
+        dev = best_dev(out, name)
+        results[name] = {"dev": dev, **scores}
+        cells = " | ".join(f"{100 * s['wer']:.1f} % | {100 * s['cer']:.1f} %" for s in scores.values())
+        lines.append(f"| {init} | {LABELS[labels]} | {updates} | {100 * dev['cer']:.1f} % | {cells} |")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for run in runs if run.seconds) or \
+        "- (every run was already there: see the logs of the invocations that ran them)"
+    commands = "\n".join(run.command() for run in runs)
+    return f"""## Results
+
+{chr(10).join(lines)}
+
+Test sets: `test` = {TEST_SETS['test']} ({data / 'test.tsv'}), `test_voices` = {TEST_SETS['test_voices']}
+({data / 'test_voices.tsv'}). Greedy CTC decoding, no language model. Each fine-tuning kept its
+model of lowest dev CER (with few labels a model that writes nothing has a WER of 100 %, lower than
+one that spells most words nearly right but inserts a few).
+
+Command: `{command}`; wall time {wall / 60:.1f} min on {hardware(device)}
+({len(lanes)} lane(s) of {lane_threads} thread(s)). Per run:
+{times}
+
+The runs, as executed:
+
+```sh
+{commands}
+```
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="the corpus of make_corpus.py")
+    parser.add_argument("--out", type=Path, default=Path("runs/synthetic"))
+    parser.add_argument("--budget", type=float, default=1.0, help="scales every run's updates (default: 1.0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto (default): cuda when a GPU is present, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the demo model's fine-tuning")
+    args = parser.parse_args()
+    for name in ("pretrain", "train_10min", "train_1h", "dev", *TEST_SETS):
+        if not (args.data / f"{name}.tsv").is_file():
+            sys.exit(f"experiment: error: {args.data / f'{name}.tsv'} is missing (run recipes/synthetic/make_corpus.py)")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    lanes = plan(args.data, args.out, args.budget, args.device, args.seed, args.demo)
+    threads = max(1, (os.cpu_count() or 1) // len(lanes))
+    start = time.perf_counter()
+    try:
+        run_lanes(lanes, args.out, threads)
+        text = report(lanes, args.out, args.data, args.device, threads, time.perf_counter() - start,
+                      "python recipes/synthetic/experiment.py " + shlex.join(sys.argv[1:]))
+    except RuntimeError as error:
+        sys.exit(f"experiment: error: {error}")
+    (args.out / "RESULTS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
