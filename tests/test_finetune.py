@@ -69,8 +69,9 @@ def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
         out = tmp_path / str(train_encoder)
         final = finetune(FinetuneSettings(init=str(config), train=str(spelled), out=str(out), max_steps=2, lr=1e-2,
                                           train_feature_encoder=train_encoder, max_batch_seconds=20))
-        first_layers[train_encoder] = wav2vec2.load_model(final).wav2vec2.feature_encoder.conv_layers[1].conv.weight
-        assert wav2vec2.load_model(final).config.conv_dim[0] == 16
+        model = wav2vec2.load_model(final)
+        assert model.config.conv_dim[0] == 16
+        first_layers[train_encoder] = model.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     torch.manual_seed(0)  # the seed finetune() initialises with
     untrained = wav2vec2.model.Wav2Vec2ForCTC(wav2vec2.model.preset_config(str(config), vocab_size=11),
                                               wav2vec2.vocab.build_vocabulary(["ABCDEF"]), None)

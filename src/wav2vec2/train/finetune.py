@@ -6,7 +6,8 @@ checkpoint's, or one built from the training transcripts). The feature encoder s
 the Transformer too for the first `freeze_steps` updates (only the head learns, from stable
 features); time and channel masking (SpecAugment) and LayerDrop regularise; the learning rate
 follows the tri-stage schedule. The dev set is scored every `eval_every` steps and the best model
-(lowest WER, or CER with `best_metric="cer"`) is kept: the run folder's final/ is that model, a complete Hugging Face checkpoint.
+(lowest WER, or CER with `best_metric="cer"`) is kept: the run folder's final/ is that model, a
+complete Hugging Face checkpoint.
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, 
         noises.append(-torch.empty(1, frames, groups, entries).exponential_(generator=generator).log())
     time_mask, distractors = torch.cat(masks), torch.cat(distractors)
     if settings.cross_negatives:
-        cross = sample_distractors(time_mask, 0, settings.cross_negatives, rng_for(settings.seed, index, 0, 4))
+        batch_rng = rng_for(settings.seed, index, 0, 4)  # purpose 4: the batch's, not one utterance's
+        cross = sample_distractors(time_mask, 0, settings.cross_negatives, batch_rng)
         distractors = torch.cat([distractors, cross], dim=-1)
     return time_mask, distractors, torch.cat(noises)
 
