@@ -104,7 +104,7 @@ def test_the_full_test_set_is_rebuilt_byte_for_byte(tmp_path):
     out = tmp_path / "corpus"
     subprocess.run([sys.executable, str(RECIPE), "--out", str(out), "--seed", "0", "--splits", "test"],
                    check=True, capture_output=True, timeout=600)
-    assert sorted(path.name for path in out.glob("*.tsv")) == ["test.tsv"]
+    assert sorted(path.name for path in out.glob("*.tsv")) == ["metadata.tsv", "test.tsv"]  # the only manifest
     rebuilt = (out / "checksums.sha256").read_text().splitlines()
     expected = (RECIPE.parent / "test.sha256").read_text().splitlines()
     assert [line for line in rebuilt if " audio/test/" in line or line.endswith("  test.tsv")] == expected
