@@ -7,6 +7,7 @@ CI=true, where a missing engine is a failure.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -108,3 +109,27 @@ def test_the_full_test_set_is_rebuilt_byte_for_byte(tmp_path):
     rebuilt = (out / "checksums.sha256").read_text().splitlines()
     expected = (RECIPE.parent / "test.sha256").read_text().splitlines()
     assert [line for line in rebuilt if " audio/test/" in line or line.endswith("  test.tsv")] == expected
+
+
+@pytest.mark.slow
+def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, tmp_path):
+    """At 1 % of the budget on the tiny corpus: every run, every score, and a second invocation
+    that finds every run done and writes the same table."""
+    command = [sys.executable, str(RECIPE.parent / "experiment.py"), "--data", str(corpora[0]),
+               "--out", str(tmp_path), "--budget", "0.01", "--device", "cpu", "--no-demo"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    pretraining = [json.loads(line) for line in (tmp_path / "pretrain" / "log.jsonl").read_text().splitlines()]
+    assert pretraining[-1]["step"] == 20  # 1 % of 2,000 updates
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results) == ["pretrained_train_10min", "pretrained_train_1h", "scratch_train_10min",
+                               "scratch_train_1h"]
+    for scores in results.values():
+        for test in ("test", "test_voices"):
+            assert 0 <= scores[test]["cer"] <= 1.5 and scores[test]["wer"] >= 0
+    table = [line for line in first.stdout.splitlines() if line.startswith("| scratch") or line.startswith("| pre")]
+    assert len(table) == 4
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("(already there)") == 5
+    assert [line for line in second.stdout.splitlines() if line in table] == table

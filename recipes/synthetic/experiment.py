@@ -85,8 +85,8 @@ def plan(data: Path, out: Path, budget: float, device: str, seed: int, with_demo
     finetuned = [finetune(f"pretrained_{labels}", pretrained, labels, updates, *freeze, after=("pretrain",))
                  for labels in ("train_10min", "train_1h")]
     # Not part of the comparison: the demo model, from the transcripts of the pretraining audio.
-    demo = finetune("pretrained_pretrain", pretrained, "pretrain", DEMO_UPDATES_FACTOR * updates,
-                    "--freeze-steps", str(updates // 2), after=("pretrain",))
+    demo = finetune("pretrained_pretrain", pretrained, "pretrain", DEMO_UPDATES_FACTOR * updates, *freeze,
+                    after=("pretrain",))
     demos = [demo] if with_demo else []
     if device == "cuda":
         return [[pretrain, *scratch, *finetuned, *demos]]
@@ -112,7 +112,8 @@ def execute(run: Run, out: Path, threads: int) -> None:
 
 
 def run_lanes(lanes: list[list[Run]], out: Path, threads: int) -> None:
-    """Each lane in its own thread; a run waits for the runs it needs, and a failure stops every lane."""
+    """Each lane in its own thread; a run waits for the runs it needs. After a failure no lane starts
+    another run (a run in progress is left to finish, so that its checkpoints stay usable)."""
     done = {run.name: threading.Event() for lane in lanes for run in lane}
     failures: list[BaseException] = []
 
@@ -127,7 +128,7 @@ def run_lanes(lanes: list[list[Run]], out: Path, threads: int) -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {run.name}: {run.command()}", flush=True)
             try:
                 execute(run, out, threads)
-            except BaseException as error:  # noqa: BLE001 - reported below, after the other lanes stop
+            except (RuntimeError, OSError) as error:  # reported below, once the other lanes stop
                 failures.append(error)
                 return
             print(f"[{time.strftime('%H:%M:%S')}] {run.name} done"
@@ -178,24 +179,24 @@ def hardware(device: str) -> str:
 
 def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_threads: int, wall: float,
            command: str) -> str:
-    runs = [run for lane in lanes for run in lane]
+    runs = {run.name: run for lane in lanes for run in lane}
     lines = ["| init | labels | updates | dev CER | " + " | ".join(
         f"{test} WER | {test} CER" for test in TEST_SETS) + " |",
              "|---|---|---|---|" + "---|---|" * len(TEST_SETS)]
     results = {}
-    for name in [name for name in FINETUNED if any(run.name == name for run in runs)]:
-        run = next(run for run in runs if run.name == name)
+    for name in (name for name in FINETUNED if name in runs):
         init, labels = name.split("_", 1)
-        updates = run.arguments[run.arguments.index("--max-steps") + 1]
+        arguments = runs[name].arguments
+        updates = arguments[arguments.index("--max-steps") + 1]
         scores = {test: score(out, data, name, test, device, os.cpu_count() or 1) for test in TEST_SETS}
         dev = best_dev(out, name)
         results[name] = {"dev": dev, **scores}
         cells = " | ".join(f"{100 * s['wer']:.1f} % | {100 * s['cer']:.1f} %" for s in scores.values())
         lines.append(f"| {init} | {LABELS[labels]} | {updates} | {100 * dev['cer']:.1f} % | {cells} |")
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for run in runs if run.seconds) or \
+    times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for run in runs.values() if run.seconds) or \
         "- (every run was already there: see the logs of the invocations that ran them)"
-    commands = "\n".join(run.command() for run in runs)
+    commands = "\n".join(run.command() for run in runs.values())
     return f"""## Results
 
 {chr(10).join(lines)}
@@ -242,7 +243,7 @@ def main() -> None:
         run_lanes(lanes, args.out, threads)
         text = report(lanes, args.out, args.data, args.device, threads, time.perf_counter() - start,
                       "python recipes/synthetic/experiment.py " + shlex.join(sys.argv[1:]))
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
         sys.exit(f"experiment: error: {error}")
     (args.out / "RESULTS.md").write_text(text)
     print(text)
