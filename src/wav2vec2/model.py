@@ -201,22 +201,10 @@ class ConvLayer(nn.Module):
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return self.activation(x)
 
-    def forward_time_major(self, x: torch.Tensor, weight: torch.Tensor | None = None,
-                           bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(time, channels) -> (time, channels), for the CPU path of FeatureEncoder.forward_fast.
-
-        With `weight` and `bias` (a tap-major kernel, see conv_time_major) the convolution is a
-        matrix product; a GroupNorm must then already be folded into them. Without them it is
-        oneDNN's convolution on a channels-last view of the same memory: a (time, channels) array
-        is a (1, channels, 1, time) image in channels-last order, so the input is not copied. The
-        kernel must be channels-last too, or oneDNN picks a much slower algorithm.
-        """
-        if weight is not None:
-            x = conv_time_major(x, weight, bias, self.conv.stride[0])
-        else:
-            image = x.T[None, :, None, :]
-            kernel = self.conv.weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
-            x = F.conv2d(image, kernel, self.conv.bias, stride=(1, self.conv.stride[0]))[0, :, 0, :].T
+    def forward_time_major(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(time, channels) -> (time, channels) with a tap-major weight; a GroupNorm must already
+        be folded into it (see FeatureEncoder.forward_fast)."""
+        x = conv_time_major(x, weight, bias, self.conv.stride[0])
         if self.norm == "layer":
             x = self.layer_norm(x)
         return self.activation(x)
@@ -251,7 +239,7 @@ def conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s
 class FeatureEncoder(nn.Module):
     """Raw waveform -> one 512-dimensional latent vector z_t every 20 ms."""
 
-    block_frames = 2048  # outputs of the second convolution computed per cache-sized block
+    block_frames = 512  # outputs of the second convolution computed per cache-sized block
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -283,8 +271,7 @@ class FeatureEncoder(nn.Module):
         the first two convolutions run block by block in time-major layout, each block staying in
         cache, with the first layer's GroupNorm folded into its weights: its per-channel mean and
         variance follow exactly from the mean and covariance of the input windows, because the
-        convolution is linear. The first layer (one input channel) is a matrix product; the others
-        are oneDNN convolutions, which read the taps in place.
+        convolution is linear.
         """
         first, second, *rest = self.conv_layers
         k0, s0 = first.conv.kernel_size[0], first.conv.stride[0]
@@ -296,16 +283,17 @@ class FeatureEncoder(nn.Module):
         weight0, bias0 = first.tap_major_weight()
         if first.norm == "group":
             weight0, bias0 = fold_group_norm(waveform.unfold(0, k0, s0), weight0, bias0, first.layer_norm)
-        x = waveform.new_empty(frames1, second.conv.out_channels)
+        weight1, bias1 = second.tap_major_weight()
+        x = waveform.new_empty(frames1, weight1.shape[1])
         signal = waveform[:, None]
         for start in range(0, frames1, self.block_frames):
             count = min(self.block_frames, frames1 - start)
             first_frame, needed = start * s1, (count - 1) * s1 + k1  # first-layer frames this block reads
             h = first.forward_time_major(
                 signal[first_frame * s0:(first_frame + needed - 1) * s0 + k0], weight0, bias0)
-            x[start:start + count] = second.forward_time_major(h)
+            x[start:start + count] = second.forward_time_major(h, weight1, bias1)
         for layer in rest:
-            x = layer.forward_time_major(x)
+            x = layer.forward_time_major(x, *layer.tap_major_weight())
         return x
 
 
