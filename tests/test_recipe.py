@@ -116,7 +116,7 @@ def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, t
     """At 1 % of the budget on the tiny corpus: every run, every score, and a second invocation
     that finds every run done and writes the same table."""
     command = [sys.executable, str(RECIPE.parent / "experiment.py"), "--data", str(corpora[0]),
-               "--out", str(tmp_path), "--budget", "0.01", "--device", "cpu", "--no-demo"]
+               "--out", str(tmp_path), "--budget", "0.01", "--device", "cpu"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr
     pretraining = [json.loads(line) for line in (tmp_path / "pretrain" / "log.jsonl").read_text().splitlines()]

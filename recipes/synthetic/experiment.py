@@ -3,9 +3,7 @@
 One small model (recipes/synthetic/model.json) is pretrained on the unlabelled set, then
 fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same model is fine-tuned
 from random initialisation (feature encoder included) on the same labels with the same number of
-updates and the same settings. Apart from that comparison, the pretrained model is also fine-tuned
-on the transcripts of the pretraining audio (10 hours), three times as long: the demo model.
-Every model is scored on both test sets (held-out sentences; held-out voices) with greedy
+updates and the same settings. Every model is scored on both test sets (held-out sentences; held-out voices) with greedy
 decoding, and the table goes to OUT/RESULTS.md.
 
     python recipes/synthetic/experiment.py --data data/synthetic --out runs/synthetic [--budget 1.0]
@@ -16,7 +14,7 @@ of two threads for a model this small: the pretraining beside the two from-scrat
 fine-tunings of the pretrained model. On a GPU (used when present) they run one after another.
 A run whose final/ exists is not run again and an interrupted one resumes from its last
 checkpoint, so the command can be repeated after a crash. `--budget` scales every run's number of
-updates (1.0: 51 minutes on 2 CPU cores without the demo run, measured; about 75 with it).
+updates (1.0: 51 minutes on 2 CPU cores, measured).
 """
 
 from __future__ import annotations
@@ -37,11 +35,10 @@ HERE = Path(__file__).resolve().parent
 MODEL_CONFIG = HERE / "model.json"
 PRETRAIN_STEPS = 2000
 FINETUNE_UPDATES = 1000
-DEMO_UPDATES_FACTOR = 3  # the demo model's fine-tuning, on the 10 hours' transcripts, is three times longer
 TEST_SETS = {"test": "held-out sentences", "test_voices": "held-out voices"}
-LABELS = {"train_10min": "10 min", "train_1h": "1 h", "pretrain": "10 h (demo)"}
-FINETUNED = ["scratch_train_10min", "pretrained_train_10min", "scratch_train_1h", "pretrained_train_1h",
-             "pretrained_pretrain"]  # the rows of the table, in order
+LABELS = {"train_10min": "10 min", "train_1h": "1 h"}
+FINETUNED = ["scratch_train_10min", "pretrained_train_10min", "scratch_train_1h",
+             "pretrained_train_1h"]  # the rows of the table, in order
 
 
 @dataclass
@@ -55,7 +52,7 @@ class Run:
         return "wav2vec2 " + shlex.join(self.arguments)
 
 
-def plan(data: Path, out: Path, budget: float, device: str, seed: int, with_demo: bool) -> list[list[Run]]:
+def plan(data: Path, out: Path, budget: float, device: str, seed: int) -> list[list[Run]]:
     """The runs, in lanes: each lane runs its runs in order, waiting for their `after` runs."""
     steps = max(10, round(PRETRAIN_STEPS * budget))
     updates = max(10, round(FINETUNE_UPDATES * budget))
@@ -84,13 +81,9 @@ def plan(data: Path, out: Path, budget: float, device: str, seed: int, with_demo
     freeze = ("--freeze-steps", str(updates // 2))
     finetuned = [finetune(f"pretrained_{labels}", pretrained, labels, updates, *freeze, after=("pretrain",))
                  for labels in ("train_10min", "train_1h")]
-    # Not part of the comparison: the demo model, from the transcripts of the pretraining audio.
-    demo = finetune("pretrained_pretrain", pretrained, "pretrain", DEMO_UPDATES_FACTOR * updates, *freeze,
-                    after=("pretrain",))
-    demos = [demo] if with_demo else []
     if device == "cuda":
-        return [[pretrain, *scratch, *finetuned, *demos]]
-    return [[pretrain, finetuned[0], *demos], [*scratch, finetuned[1]]]
+        return [[pretrain, *scratch, *finetuned]]
+    return [[pretrain, finetuned[0]], [*scratch, finetuned[1]]]
 
 
 def execute(run: Run, out: Path, threads: int) -> None:
@@ -226,7 +219,6 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (default): cuda when a GPU is present, else cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the demo model's fine-tuning")
     args = parser.parse_args()
     for name in ("pretrain", "train_10min", "train_1h", "dev", *TEST_SETS):
         if not (args.data / f"{name}.tsv").is_file():
@@ -236,7 +228,7 @@ def main() -> None:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    lanes = plan(args.data, args.out, args.budget, args.device, args.seed, args.demo)
+    lanes = plan(args.data, args.out, args.budget, args.device, args.seed)
     threads = max(1, (os.cpu_count() or 1) // len(lanes))
     start = time.perf_counter()
     try:

@@ -202,7 +202,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     for parameter in model.wav2vec2.feature_encoder.parameters():
         parameter.requires_grad = settings.train_feature_encoder
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
-    start, best = 0, {settings.best_metric: math.inf, "step": 0}
+    start, best = 0, {"wer": math.inf, "cer": math.inf, "step": 0}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
