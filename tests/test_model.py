@@ -103,23 +103,34 @@ def test_old_weight_norm_key_names_load(checkpoints, tmp_path):
         assert torch.equal(old(waveform), new(waveform))
 
 
-def test_fast_feature_encoder_equals_convolutions():
-    """The blocked time-major CPU path and the plain Conv1d path compute the same function."""
+def test_time_major_feature_encoder_equals_convolutions():
+    """The CPU path (time-major matrix products, GroupNorm folded, blocked without autograd)
+    computes the function of the plain Conv1d layers, and its gradients, in float64."""
     for norm in ("group", "layer"):
         config = Wav2Vec2Config(conv_dim=(24,) * 7, feat_extract_norm=norm, conv_bias=norm == "layer")
-        encoder = FeatureEncoder(config).eval()
+        encoder = FeatureEncoder(config).double()
         encoder.block_frames = 7  # many blocks, and a ragged last one
         with torch.no_grad():
             for p in encoder.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
         for samples in (400, 401, 719, 10_007):
-            waveform = torch.randn(2, samples) * 3 + 0.5
-            with torch.enable_grad():
-                reference = encoder(waveform)
+            waveform = (torch.randn(2, samples, dtype=torch.float64) * 3 + 0.5).requires_grad_()
+            inputs = [waveform, *encoder.parameters()]  # the waveform too: saliency maps need it
+            reference = waveform[:, None]
+            for layer in encoder.conv_layers:
+                reference = layer(reference)
+            reference = reference.transpose(1, 2)
+            upstream = torch.randn_like(reference)
+            expected_grads = torch.autograd.grad((reference * upstream).sum(), inputs)
+            features = encoder(waveform)
+            grads = torch.autograd.grad((features * upstream).sum(), inputs)
             with torch.inference_mode():
                 fast = encoder(waveform)
             assert fast.shape == reference.shape == (2, int(frame_lengths(torch.tensor(samples), config)), 24)
-            assert (fast - reference).abs().max() <= 1e-4, (norm, samples)
+            assert (fast - reference).abs().max() <= 1e-10, (norm, samples)
+            assert (features - reference).abs().max() <= 1e-10, (norm, samples)
+            for grad, expected in zip(grads, expected_grads):
+                assert (grad - expected).abs().max() <= 1e-9 * expected.abs().max(), (norm, samples)
 
 
 def test_layerdrop_skips_layers_only_in_training():

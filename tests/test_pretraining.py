@@ -62,7 +62,9 @@ def test_contrastive_loss_by_the_formula():
     distractors = torch.randn(4, 3, 8, generator=generator)
     distractors[1, 2] = targets[1]  # identical to the target: excluded
     kappa = 0.1
-    logits = contrastive_logits(context, targets, distractors, kappa)
+    pool = torch.cat([targets, distractors.flatten(0, 1)])  # targets are rows 0-3, then distractors
+    candidates = torch.cat([torch.arange(4)[:, None], 4 + torch.arange(12).view(4, 3)], dim=1)
+    logits = contrastive_logits(context, pool, candidates, kappa)
     expected = []
     for t in range(4):
         def sim(a, b):
@@ -148,3 +150,11 @@ def test_losses_match_transformers(family, training):
     if training:  # gradients flow to every part, the feature encoder at a tenth of the rate
         actual.loss.backward()
         assert all(p.grad is not None for n, p in ours.named_parameters() if "masked_spec_embed" not in n)
+        # and equal transformers' after the feature encoder (there our 0.1 scale and penalty differ)
+        (expected.loss / masked).backward()
+        theirs_grads = from_hf_keys({n: p.grad for n, p in theirs.named_parameters()})
+        for name, parameter in ours.named_parameters():
+            if "feature_encoder" not in name and "masked_spec_embed" not in name:
+                expected_grad = theirs_grads[name]
+                error = (parameter.grad - expected_grad).abs().max() / expected_grad.abs().max()
+                assert error < 1e-3, name

@@ -203,8 +203,11 @@ class ConvLayer(nn.Module):
 
     def forward_time_major(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(time, channels) -> (time, channels) with a tap-major weight; a GroupNorm must already
-        be folded into it (see FeatureEncoder.forward_fast)."""
-        x = conv_time_major(x, weight, bias, self.conv.stride[0])
+        be folded into it (see FeatureEncoder.forward_time_major)."""
+        return self.finish(TimeMajorConv.apply(x, weight, bias, self.conv.stride[0]))
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-frame LayerNorm, if any, and the activation of a time-major convolution output."""
         if self.norm == "layer":
             x = self.layer_norm(x)
         return self.activation(x)
@@ -216,24 +219,142 @@ class ConvLayer(nn.Module):
         return weight.permute(2, 1, 0).reshape(-1, weight.shape[0]), bias
 
 
-def conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """A strided 1-D convolution of a (time, channels) signal as matrix products without copies.
+def tap_rows(x: torch.Tensor, first_tap: int, taps: int, steps: int, stride: int) -> torch.Tensor:
+    """Taps [first_tap, first_tap + taps) of every output step of a (time, channels) signal, as a
+    (steps, taps * channels) matrix read in place: in time-major memory the taps of one step are
+    contiguous and the next step starts stride * channels numbers later, so BLAS reads (and, for
+    gradients, writes) it with that row pitch and no copy. With taps > stride the rows overlap,
+    which BLAS cannot read: then they are copied."""
+    channels = x.shape[1]
+    rows = x.as_strided((steps, taps * channels), (stride * channels, 1), x.storage_offset() + first_tap * channels)
+    return rows.contiguous() if taps > stride else rows
 
-    In time-major memory the `stride` frames that an output step advances over are one contiguous
-    row of stride * channels numbers, so the taps [j, j + stride) of every output step form a
-    matrix with row pitch stride * channels that BLAS reads in place.
+
+def tap_groups(kernel: int, stride: int, channels: int) -> list[tuple[int, int]]:
+    """(first tap, taps) of the matrix products of a convolution: `stride` taps at a time, whose
+    rows do not overlap, or all at once for a one-channel input, whose (steps, kernel) windows are
+    small enough to copy into a single product."""
+    if channels == 1:
+        return [(0, kernel)]
+    return [(tap, min(stride, kernel - tap)) for tap in range(0, kernel, stride)]
+
+
+def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
+    """A strided 1-D convolution of a (time, channels) signal as matrix products on in-place views.
+
+    Taken a few taps at a time (tap_groups), the convolution is a few plain matrix products, with
+    none of the copies (im2col) or layout changes a general convolution makes. The weight is
+    tap-major, (kernel * channels, out_channels).
     """
-    time, channels = x.shape
+    channels = x.shape[1]
     kernel = weight.shape[0] // channels
-    steps = (time - kernel) // stride + 1
+    steps = (x.shape[0] - kernel) // stride + 1
     out = None
-    for tap in range(0, kernel, stride):
-        taps = min(stride, kernel - tap)
-        rows = x.as_strided((steps, taps * channels), (stride * channels, 1),
-                            x.storage_offset() + tap * channels)
-        part = weight[tap * channels:(tap + taps) * channels]
+    for tap, taps in tap_groups(kernel, stride, channels):
+        rows, part = tap_rows(x, tap, taps, steps, stride), weight[tap * channels:(tap + taps) * channels]
         out = torch.addmm(bias, rows, part) if out is None else out.addmm_(rows, part)
     return out
+
+
+def add_time_major_conv_grads(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, stride: int,
+                              grad_x: torch.Tensor | None, grad_weight: torch.Tensor | None) -> None:
+    """Add the gradients of time_major_conv for the output gradient `grad` (steps, out_channels)
+    to grad_x and grad_weight (either may be None): again matrix products on the tap views, those
+    written to grad_x `stride` taps at a time so that they never overlap."""
+    channels, steps = x.shape[1], grad.shape[0]
+    kernel = weight.shape[0] // channels
+    if grad_weight is not None:
+        for tap, taps in tap_groups(kernel, stride, channels):
+            rows = slice(tap * channels, (tap + taps) * channels)
+            grad_weight[rows].addmm_(tap_rows(x, tap, taps, steps, stride).T, grad)
+    if grad_x is not None:
+        for tap in range(0, kernel, stride):
+            taps = min(stride, kernel - tap)
+            rows = slice(tap * channels, (tap + taps) * channels)
+            tap_rows(grad_x, tap, taps, steps, stride).addmm_(grad, weight[rows].T)
+
+
+class TimeMajorConv(torch.autograd.Function):
+    """time_major_conv with its gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return time_major_conv(x, weight, bias, stride)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        add_time_major_conv_grads(x, weight, grad, ctx.stride, grad_x, grad_weight)
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def first_two_blocks(signal: torch.Tensor, kernels: tuple[int, int], strides: tuple[int, int], block: int):
+    """(first output, output count, the slice of signal samples they read) for each block of at
+    most `block` outputs of two stacked convolutions."""
+    (k0, k1), (s0, s1) = kernels, strides
+    frames = ((len(signal) - k0) // s0 + 1 - k1) // s1 + 1
+    if frames < 1:
+        raise ValueError(f"{len(signal)} samples are too few for one output frame")
+    for start in range(0, frames, block):
+        count = min(block, frames - start)
+        first, needed = start * s1, (count - 1) * s1 + k1  # the first-layer frames this block reads
+        yield start, count, slice(first * s0, (first + needed - 1) * s0 + k0)
+
+
+class FirstTwoConvolutions(torch.autograd.Function):
+    """convolution 0 -> finish0 (its norm and activation) -> convolution 1 of a (samples, 1)
+    signal, computed block by block.
+
+    The first layer writes 2.5 times as many numbers as the waveform has samples. Block by block,
+    its output stays in cache instead of making several passes over main memory, and backward
+    recomputes it block by block instead of keeping it: the first convolution is the cheapest of
+    all. Blocks overlap by kernel1 - stride1 first-layer frames, whose gradients simply add up.
+    finish0 must work frame by frame; its parameters come last. Returns convolution 1's output.
+    """
+
+    @staticmethod
+    def forward(ctx, signal: torch.Tensor, weight0: torch.Tensor, bias0: torch.Tensor, weight1: torch.Tensor,
+                bias1: torch.Tensor, strides: tuple[int, int], finish0, block: int, *finish0_parameters):
+        ctx.save_for_backward(signal, weight0, bias0, weight1)
+        ctx.strides, ctx.finish0, ctx.block = strides, finish0, block
+        ctx.finish0_parameters = finish0_parameters
+        kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
+        parts = []
+        for _, _, samples in first_two_blocks(signal, kernels, strides, block):
+            hidden = finish0(time_major_conv(signal[samples], weight0, bias0, strides[0]))
+            parts.append(time_major_conv(hidden, weight1, bias1, strides[1]))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        signal, weight0, bias0, weight1 = ctx.saved_tensors
+        strides, parameters = ctx.strides, ctx.finish0_parameters
+        grad = grad.contiguous()
+        grad_weight0, grad_bias0, grad_weight1 = torch.zeros_like(weight0), torch.zeros_like(bias0), torch.zeros_like(weight1)
+        grad_parameters = [torch.zeros_like(p) for p in parameters]
+        grad_signal = torch.zeros_like(signal) if ctx.needs_input_grad[0] else None
+        kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
+        for start, count, samples in first_two_blocks(signal, kernels, strides, ctx.block):
+            window = signal[samples]
+            with torch.enable_grad():
+                before = time_major_conv(window, weight0.detach(), bias0.detach(), strides[0]).requires_grad_()
+                hidden = ctx.finish0(before)
+            grad_hidden = torch.zeros_like(hidden)
+            add_time_major_conv_grads(hidden.detach(), weight1, grad[start:start + count], strides[1],
+                                      grad_hidden, grad_weight1)
+            grad_before, *grads = torch.autograd.grad(hidden, (before, *parameters), grad_hidden)
+            add_time_major_conv_grads(window, weight0, grad_before, strides[0],
+                                      None if grad_signal is None else grad_signal[samples], grad_weight0)
+            grad_bias0 += grad_before.sum(0)
+            for total, part in zip(grad_parameters, grads):
+                total += part
+        return grad_signal, grad_weight0, grad_bias0, grad_weight1, grad.sum(0), None, None, None, *grad_parameters
 
 
 class FeatureEncoder(nn.Module):
@@ -256,42 +377,34 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, conv_dim[-1])."""
-        if torch.is_grad_enabled() or waveform.device.type != "cpu" or len(self.conv_layers) < 2:
+        if waveform.device.type != "cpu" or torch.is_autocast_enabled("cpu") or len(self.conv_layers) < 2:
             x = waveform[:, None, :]
             for layer in self.conv_layers:
                 x = layer(x)
             return x.transpose(1, 2)
-        return torch.stack([self.forward_fast(w.contiguous()) for w in waveform])
+        return torch.stack([self.forward_time_major(w.contiguous()) for w in waveform])
 
-    def forward_fast(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The same function for one waveform (samples,), faster on a CPU without autograd.
+    def forward_time_major(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The same function for one waveform (samples,), faster on a CPU.
 
-        The first layer writes 2.5 times as many numbers as the waveform has samples; normalising
-        and activating them in separate passes over memory costs more than the convolution. So
-        the first two convolutions run block by block in time-major layout, each block staying in
-        cache, with the first layer's GroupNorm folded into its weights: its per-channel mean and
-        variance follow exactly from the mean and covariance of the input windows, because the
-        convolution is linear.
+        Every convolution runs in time-major layout as matrix products (time_major_conv), the
+        first two block by block (FirstTwoConvolutions). The first layer's GroupNorm is folded
+        into its weights: its per-channel mean and variance follow exactly from the mean and
+        covariance of the input windows, because the convolution is linear (gradients flow
+        through the fold).
         """
         first, second, *rest = self.conv_layers
         k0, s0 = first.conv.kernel_size[0], first.conv.stride[0]
-        k1, s1 = second.conv.kernel_size[0], second.conv.stride[0]
-        frames0 = (len(waveform) - k0) // s0 + 1
-        frames1 = (frames0 - k1) // s1 + 1
-        if frames1 < 1:
+        if len(waveform) < k0:
             raise ValueError(f"{len(waveform)} samples are too few for one output frame")
         weight0, bias0 = first.tap_major_weight()
         if first.norm == "group":
             weight0, bias0 = fold_group_norm(waveform.unfold(0, k0, s0), weight0, bias0, first.layer_norm)
         weight1, bias1 = second.tap_major_weight()
-        x = waveform.new_empty(frames1, weight1.shape[1])
-        signal = waveform[:, None]
-        for start in range(0, frames1, self.block_frames):
-            count = min(self.block_frames, frames1 - start)
-            first_frame, needed = start * s1, (count - 1) * s1 + k1  # first-layer frames this block reads
-            h = first.forward_time_major(
-                signal[first_frame * s0:(first_frame + needed - 1) * s0 + k0], weight0, bias0)
-            x[start:start + count] = second.forward_time_major(h, weight1, bias1)
+        x = FirstTwoConvolutions.apply(waveform[:, None], weight0, bias0, weight1, bias1,
+                                       (s0, second.conv.stride[0]), first.finish, self.block_frames,
+                                       *(first.layer_norm.parameters() if first.norm == "layer" else ()))
+        x = second.finish(x)
         for layer in rest:
             x = layer.forward_time_major(x, *layer.tap_major_weight())
         return x
@@ -313,7 +426,7 @@ def fold_group_norm(windows: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     channel_mean = mean @ w + b
     channel_var = ((covariance @ w) * w).sum(0)
     scale = norm.weight.double() / torch.sqrt(channel_var + norm.eps)
-    return (w * scale).float(), ((b - channel_mean) * scale + norm.bias.double()).float()
+    return (w * scale).to(weight.dtype), ((b - channel_mean) * scale + norm.bias.double()).to(weight.dtype)
 
 
 class FeatureProjection(nn.Module):

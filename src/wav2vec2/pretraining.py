@@ -82,16 +82,20 @@ def sample_distractors(mask: torch.Tensor, count: int = 100, cross_count: int = 
     return torch.from_numpy(indices)
 
 
-def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, distractors: torch.Tensor,
+def contrastive_logits(context: torch.Tensor, quantized: torch.Tensor, candidates: torch.Tensor,
                        temperature: float = 0.1) -> torch.Tensor:
     """Cosine similarities / kappa between each context vector and its K+1 candidates.
 
-    context, targets: (steps, dim); distractors: (steps, K, dim). Column 0 is the true target.
-    A distractor identical to the target gets -inf: it cannot be told apart, so it must not count.
+    context: (steps, dim); quantized: (n, dim), the pool of quantized targets; candidates:
+    (steps, K+1) rows of `quantized`, column 0 the true target. All similarities come from one
+    product of the normalised vectors, (steps, n), read at the candidates: far less memory traffic
+    than gathering (steps, K+1, dim) copies. A distractor identical to its target gets -inf: it
+    cannot be told apart, so it must not count.
     """
-    candidates = torch.cat([targets[:, None], distractors], dim=1)
-    logits = F.cosine_similarity(context[:, None].float(), candidates.float(), dim=-1) / temperature
-    same = (distractors == targets[:, None]).all(-1)
+    similarity = F.normalize(context.float(), dim=-1, eps=1e-8) @ F.normalize(quantized.float(), dim=-1, eps=1e-8).T
+    logits = similarity.gather(1, candidates) / temperature
+    _, identity = torch.unique(quantized.detach(), dim=0, return_inverse=True)  # equal rows, equal ids
+    same = identity[candidates[:, 1:]] == identity[candidates[:, :1]]
     return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
 
 
@@ -170,9 +174,12 @@ class Wav2Vec2ForPreTraining(nn.Module):
                                              gumbel_noise)
         quantized = self.project_q(quantized)
 
-        flat = quantized.reshape(-1, quantized.shape[-1])
-        logits = contrastive_logits(context[time_mask], quantized[time_mask],
-                                    flat[distractors[time_mask]], self.config.contrastive_logits_temperature)
+        # the candidates are masked steps: index them among those (cumsum maps flat step -> row)
+        row = (torch.cumsum(time_mask.flatten(), 0) - 1).clamp(min=0)
+        targets = torch.arange(int(time_mask.sum()), device=time_mask.device)[:, None]
+        candidates = torch.cat([targets, row[distractors[time_mask]]], dim=1)
+        logits = contrastive_logits(context[time_mask], quantized[time_mask], candidates,
+                                    self.config.contrastive_logits_temperature)
         processes = world_size()
         masked = all_sum(time_mask.sum().float()).detach()
         contrastive = contrastive_loss(logits, masked / processes)
