@@ -104,8 +104,8 @@ def test_old_weight_norm_key_names_load(checkpoints, tmp_path):
 
 
 def test_time_major_feature_encoder_equals_convolutions():
-    """The CPU path (time-major matrix products, GroupNorm folded, blocked without autograd)
-    computes the function of the plain Conv1d layers, and its gradients, in float64."""
+    """The CPU path (time-major matrix products, GroupNorm folded, the first two layers block by
+    block) computes the function of the plain Conv1d layers, and its gradients, in float64."""
     for norm in ("group", "layer"):
         config = Wav2Vec2Config(conv_dim=(24,) * 7, feat_extract_norm=norm, conv_bias=norm == "layer")
         encoder = FeatureEncoder(config).double()

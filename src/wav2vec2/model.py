@@ -336,7 +336,8 @@ class FirstTwoConvolutions(torch.autograd.Function):
         signal, weight0, bias0, weight1 = ctx.saved_tensors
         strides, parameters = ctx.strides, ctx.finish0_parameters
         grad = grad.contiguous()
-        grad_weight0, grad_bias0, grad_weight1 = torch.zeros_like(weight0), torch.zeros_like(bias0), torch.zeros_like(weight1)
+        grad_weight0, grad_bias0 = torch.zeros_like(weight0), torch.zeros_like(bias0)
+        grad_weight1 = torch.zeros_like(weight1)
         grad_parameters = [torch.zeros_like(p) for p in parameters]
         grad_signal = torch.zeros_like(signal) if ctx.needs_input_grad[0] else None
         kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
