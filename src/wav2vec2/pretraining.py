@@ -92,7 +92,8 @@ def contrastive_logits(context: torch.Tensor, quantized: torch.Tensor, candidate
     than gathering (steps, K+1, dim) copies. A distractor identical to its target gets -inf: it
     cannot be told apart, so it must not count.
     """
-    similarity = F.normalize(context.float(), dim=-1, eps=1e-8) @ F.normalize(quantized.float(), dim=-1, eps=1e-8).T
+    with torch.autocast(context.device.type, enabled=False):  # in float32: logits are divided by kappa
+        similarity = F.normalize(context.float(), dim=-1, eps=1e-8) @ F.normalize(quantized.float(), dim=-1, eps=1e-8).T
     logits = similarity.gather(1, candidates) / temperature
     _, identity = torch.unique(quantized.detach(), dim=0, return_inverse=True)  # equal rows, equal ids
     same = identity[candidates[:, 1:]] == identity[candidates[:, :1]]
