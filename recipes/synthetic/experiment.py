@@ -3,8 +3,8 @@
 One small model (recipes/synthetic/model.json) is pretrained on the unlabelled set, then
 fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same model is fine-tuned
 from random initialisation (feature encoder included) on the same labels with the same number of
-updates and the same settings. Every model is scored on both test sets (held-out sentences; held-out voices) with greedy
-decoding, and the table goes to OUT/RESULTS.md.
+updates and the same settings. Every model is scored on both test sets (held-out sentences;
+held-out voices) with greedy decoding, and the table goes to OUT/RESULTS.md.
 
     python recipes/synthetic/experiment.py --data data/synthetic --out runs/synthetic [--budget 1.0]
 

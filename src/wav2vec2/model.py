@@ -321,27 +321,25 @@ class FirstTwoConvolutions(torch.autograd.Function):
     @staticmethod
     def forward(ctx, signal: torch.Tensor, weight0: torch.Tensor, bias0: torch.Tensor, weight1: torch.Tensor,
                 bias1: torch.Tensor, strides: tuple[int, int], finish0, block: int, *finish0_parameters):
-        ctx.save_for_backward(signal, weight0, bias0, weight1)
+        ctx.save_for_backward(signal, weight0, bias0, weight1, *finish0_parameters)
+        ctx.kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
         ctx.strides, ctx.finish0, ctx.block = strides, finish0, block
-        ctx.finish0_parameters = finish0_parameters
-        kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
         parts = []
-        for _, _, samples in first_two_blocks(signal, kernels, strides, block):
+        for _, _, samples in first_two_blocks(signal, ctx.kernels, strides, block):
             hidden = finish0(time_major_conv(signal[samples], weight0, bias0, strides[0]))
             parts.append(time_major_conv(hidden, weight1, bias1, strides[1]))
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        signal, weight0, bias0, weight1 = ctx.saved_tensors
-        strides, parameters = ctx.strides, ctx.finish0_parameters
+        signal, weight0, bias0, weight1, *parameters = ctx.saved_tensors
+        strides = ctx.strides
         grad = grad.contiguous()
         grad_weight0, grad_bias0 = torch.zeros_like(weight0), torch.zeros_like(bias0)
         grad_weight1 = torch.zeros_like(weight1)
         grad_parameters = [torch.zeros_like(p) for p in parameters]
         grad_signal = torch.zeros_like(signal) if ctx.needs_input_grad[0] else None
-        kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
-        for start, count, samples in first_two_blocks(signal, kernels, strides, ctx.block):
+        for start, count, samples in first_two_blocks(signal, ctx.kernels, strides, ctx.block):
             window = signal[samples]
             with torch.enable_grad():
                 before = time_major_conv(window, weight0.detach(), bias0.detach(), strides[0]).requires_grad_()

@@ -175,10 +175,10 @@ class Wav2Vec2ForPreTraining(nn.Module):
                                              gumbel_noise)
         quantized = self.project_q(quantized)
 
-        # the candidates are masked steps: index them among those (cumsum maps flat step -> row)
-        row = (torch.cumsum(time_mask.flatten(), 0) - 1).clamp(min=0)
-        targets = torch.arange(int(time_mask.sum()), device=time_mask.device)[:, None]
-        candidates = torch.cat([targets, row[distractors[time_mask]]], dim=1)
+        # Targets and distractors are masked steps: index them among those. The clamp keeps the
+        # unused 0 rows sample_distractors leaves for an utterance of one masked step in range.
+        row = (torch.cumsum(time_mask.flatten(), 0) - 1).clamp(min=0)  # flat step -> masked row
+        candidates = torch.cat([row[time_mask.flatten()][:, None], row[distractors[time_mask]]], dim=1)
         logits = contrastive_logits(context[time_mask], quantized[time_mask], candidates,
                                     self.config.contrastive_logits_temperature)
         processes = world_size()
