@@ -10,7 +10,8 @@ import transformers
 
 import wav2vec2
 from wav2vec2.checkpoints import from_hf_keys
-from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, frame_lengths
+from wav2vec2.model import (FeatureEncoder, Wav2Vec2Config, attention_with_dropout, dropout, frame_lengths,
+                            keep_mask)
 
 from .conftest import FAMILIES, SMALL, make_hf_checkpoint
 
@@ -131,6 +132,46 @@ def test_time_major_feature_encoder_equals_convolutions():
             assert (features - reference).abs().max() <= 1e-10, (norm, samples)
             for grad, expected in zip(grads, expected_grads):
                 assert (grad - expected).abs().max() <= 1e-9 * expected.abs().max(), (norm, samples)
+
+
+def test_dropout_drops_the_asked_fraction_and_keeps_the_mean():
+    """The 16-bit mask: drop rate within 5 standard errors of p, neighbours (which share one
+    64-bit draw) uncorrelated, the mean unchanged, and the gradient the same mask and scale."""
+    count = 1 << 22
+    for p in (0.1, 0.5, 0.9):
+        keep = keep_mask(torch.Size([count]), p).double()
+        tolerance = 5 * (p * (1 - p) / count) ** 0.5
+        assert abs((1 - keep.mean().item()) - p) < tolerance
+        lanes = keep.view(-1, 4) - keep.mean()
+        for lane in range(3):  # the four 16-bit pieces of one draw must be independent
+            correlation = (lanes[:, lane] * lanes[:, lane + 1]).mean() / lanes.var()
+            assert abs(correlation.item()) < 5 / (count / 4) ** 0.5
+    x = torch.ones(count, requires_grad=True)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    assert abs(y.mean().item() - 1) < 5 * (0.1 / 0.9 / count) ** 0.5
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - 6554 / 65536)))  # p rounded to 1/65536
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, y.detach() * 2)
+    assert dropout(x, 0.1, training=False) is x
+
+
+def test_attention_with_dropout_is_softmax_attention_with_the_mask():
+    """Against scaled_dot_product_attention without dropout, given the same keep mask (drawn again
+    from the same seed), with padded keys."""
+    q, k, v = torch.randn(3, 2, 4, 9, 8, dtype=torch.float64).unbind(0)
+    key_mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    key_mask[1, ..., 6:] = False
+    torch.manual_seed(3)
+    actual = attention_with_dropout(q, k, v, key_mask, 0.25)
+    torch.manual_seed(3)
+    keep = keep_mask(torch.Size([2, 4, 9, 9]), 0.25)
+    weights = torch.softmax((q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~key_mask, float("-inf")), -1)
+    assert torch.allclose(actual, (weights * keep / 0.75) @ v, atol=1e-12)
+    torch.manual_seed(3)
+    kept_all = attention_with_dropout(q, k, v, key_mask, 1e-9)  # rounds to p = 0: nothing dropped
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    assert torch.allclose(kept_all, expected, atol=1e-12)
 
 
 def test_layerdrop_skips_layers_only_in_training():

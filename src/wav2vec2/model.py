@@ -428,6 +428,57 @@ def fold_group_norm(windows: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return (w * scale).to(weight.dtype), ((b - channel_mean) * scale + norm.bias.double()).to(weight.dtype)
 
 
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A dropout mask, True = keep, each element dropped with probability round(p * 2**16) / 2**16.
+
+    nn.Dropout draws one Bernoulli sample per element, which on a CPU costs more than the matrix
+    products around it in a small model. Here one 64-bit draw of the generator gives four
+    16-bit integers, each compared with a threshold: a quarter of the draws, and nothing else.
+    """
+    count = math.prod(shape)
+    draws = torch.randint(-2**63, 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
+    return draws.view(torch.int16)[:count].view(shape) >= round(p * 65536) - 32768
+
+
+class CpuDropout(torch.autograd.Function):
+    """x * mask / (1 - p), keeping the one-byte mask for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = keep_mask(x.shape, p)
+        ctx.scale = 1 / (1 - round(p * 65536) / 65536)  # the rounded p: the mean stays exact
+        ctx.save_for_backward(keep)
+        return x.mul(keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        keep, = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, with the cheaper mask of keep_mask on a CPU (a GPU's own kernel is fast)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    return CpuDropout.apply(x, p)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout through `dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class FeatureProjection(nn.Module):
     """LayerNorm of the latent features, then a linear map to the Transformer's width."""
 
@@ -435,7 +486,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
-        self.dropout = nn.Dropout(config.feat_proj_dropout)
+        self.dropout = Dropout(config.feat_proj_dropout)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (projected, normalised): the quantizer of pretraining reads the normalised ones."""
@@ -469,6 +520,19 @@ class PositionalConvEmbedding(nn.Module):
         return self.activation(y).transpose(1, 2)
 
 
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+                           p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v with dropout on the attention weights, written out.
+
+    With dropout a CPU's scaled_dot_product_attention falls back to these same steps; written
+    here they use `dropout`'s cheaper mask, which is most of the cost of this function.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    if key_mask is not None:
+        scores.masked_fill_(~key_mask, float("-inf"))
+    return torch.matmul(dropout(scores.softmax(-1), p, True), v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through PyTorch's fused scaled_dot_product_attention.
 
@@ -489,8 +553,11 @@ class Attention(nn.Module):
         batch, frames, hidden = x.shape
         qkv = self.in_proj(x).view(batch, frames, 3, self.heads, hidden // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, frames, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, key_mask, self.dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(batch, frames, hidden))
 
 
@@ -500,8 +567,8 @@ class FeedForward(nn.Module):
         self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation = ACTIVATIONS[config.hidden_act]
-        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
-        self.output_dropout = nn.Dropout(config.hidden_dropout)
+        self.intermediate_dropout = Dropout(config.activation_dropout)
+        self.output_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
@@ -515,7 +582,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.pre_norm = config.do_stable_layer_norm
         self.attention = Attention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -537,7 +604,7 @@ class Encoder(nn.Module):
         self.layerdrop = config.layerdrop
         self.pos_conv_embed = PositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -657,7 +724,7 @@ class Wav2Vec2ForCTC(nn.Module):
         self.vocab = vocab
         self.preprocessing = preprocessing or Preprocessing()
         self.wav2vec2 = Wav2Vec2Model(config)
-        self.dropout = nn.Dropout(config.final_dropout)
+        self.dropout = Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         init_weights(self, config.initializer_range)
 
