@@ -10,8 +10,8 @@ import transformers
 
 import wav2vec2
 from wav2vec2.checkpoints import from_hf_keys
-from wav2vec2.model import (FeatureEncoder, Wav2Vec2Config, attention_with_dropout, dropout, frame_lengths,
-                            keep_mask)
+from wav2vec2.model import (FeatureEncoder, GroupedConv, Wav2Vec2Config, attention_with_dropout, dropout,
+                            frame_lengths, keep_mask)
 
 from .conftest import FAMILIES, SMALL, make_hf_checkpoint
 
@@ -132,6 +132,23 @@ def test_time_major_feature_encoder_equals_convolutions():
             assert (features - reference).abs().max() <= 1e-10, (norm, samples)
             for grad, expected in zip(grads, expected_grads):
                 assert (grad - expected).abs().max() <= 1e-9 * expected.abs().max(), (norm, samples)
+
+
+def test_positional_convolution_gradients_equal_conv1d():
+    """GroupedConv's input gradient (a forward convolution with the kernel flipped and transposed)
+    and its weight and bias gradients against autograd through F.conv1d, in float64, for even and
+    odd kernels."""
+    for kernel, groups in ((8, 4), (7, 2)):
+        x = torch.randn(2, 12, 30, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(12, 12 // groups, kernel, dtype=torch.float64, requires_grad=True)
+        bias = torch.randn(12, dtype=torch.float64, requires_grad=True)
+        expected = torch.nn.functional.conv1d(x, weight, bias, padding=kernel // 2, groups=groups)
+        actual = GroupedConv.apply(x, weight, bias, kernel // 2, groups)
+        assert torch.allclose(actual, expected, atol=1e-12)
+        upstream = torch.randn_like(expected)
+        for got, want in zip(torch.autograd.grad(actual, (x, weight, bias), upstream),
+                             torch.autograd.grad(expected, (x, weight, bias), upstream)):
+            assert torch.allclose(got, want, atol=1e-12)
 
 
 def test_dropout_drops_the_asked_fraction_and_keeps_the_mean():

@@ -494,6 +494,38 @@ class FeatureProjection(nn.Module):
         return self.dropout(self.projection(normalised)), normalised
 
 
+class GroupedConv(torch.autograd.Function):
+    """F.conv1d (stride 1, zero padding) whose input gradient is itself a forward convolution.
+
+    That gradient is the convolution of the output gradient with the kernel flipped in time and
+    transposed within each group. For the positional embedding's wide grouped kernel, oneDNN's
+    forward convolution computes it in half the time of its own backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int,
+                groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.groups = padding, groups
+        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        out_channels, in_per_group, kernel = weight.shape
+        groups, padding = ctx.groups, ctx.padding
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            flipped = (weight.view(groups, out_channels // groups, in_per_group, kernel).transpose(1, 2)
+                       .reshape(in_per_group * groups, out_channels // groups, kernel).flip(-1))
+            grad_x = F.conv1d(grad, flipped, padding=kernel - 1 - padding, groups=groups)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, [out_channels], [1], [padding], [1], False, [0], groups,
+                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        return grad_x, grad_weight, grad_bias, None, None
+
+
 class PositionalConvEmbedding(nn.Module):
     """Relative positions from a wide grouped convolution over time (instead of sinusoids).
 
@@ -514,7 +546,11 @@ class PositionalConvEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, frames, hidden) -> (batch, frames, hidden)."""
-        y = self.conv(x.transpose(1, 2))
+        x = x.transpose(1, 2)
+        if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            y = GroupedConv.apply(x, self.conv.weight, self.conv.bias, self.conv.padding[0], self.conv.groups)
+        else:
+            y = self.conv(x)
         if self.remove:
             y = y[:, :, : -self.remove]
         return self.activation(y).transpose(1, 2)
