@@ -230,11 +230,12 @@ def tap_rows(x: torch.Tensor, first_tap: int, taps: int, steps: int, stride: int
     return rows.contiguous() if taps > stride else rows
 
 
-def tap_groups(kernel: int, stride: int, channels: int) -> list[tuple[int, int]]:
+def tap_groups(kernel: int, stride: int, channels: int, written: bool = False) -> list[tuple[int, int]]:
     """(first tap, taps) of the matrix products of a convolution: `stride` taps at a time, whose
-    rows do not overlap, or all at once for a one-channel input, whose (steps, kernel) windows are
-    small enough to copy into a single product."""
-    if channels == 1:
+    rows do not overlap, or all at once for a one-channel input that is only read (not `written`,
+    as an input gradient is), whose (steps, kernel) windows are small enough to copy into a single
+    product."""
+    if channels == 1 and not written:
         return [(0, kernel)]
     return [(tap, min(stride, kernel - tap)) for tap in range(0, kernel, stride)]
 
@@ -268,8 +269,7 @@ def add_time_major_conv_grads(x: torch.Tensor, weight: torch.Tensor, grad: torch
             rows = slice(tap * channels, (tap + taps) * channels)
             grad_weight[rows].addmm_(tap_rows(x, tap, taps, steps, stride).T, grad)
     if grad_x is not None:
-        for tap in range(0, kernel, stride):
-            taps = min(stride, kernel - tap)
+        for tap, taps in tap_groups(kernel, stride, channels, written=True):
             rows = slice(tap * channels, (tap + taps) * channels)
             tap_rows(grad_x, tap, taps, steps, stride).addmm_(grad, weight[rows].T)
 
@@ -547,7 +547,7 @@ class PositionalConvEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, frames, hidden) -> (batch, frames, hidden)."""
         x = x.transpose(1, 2)
-        if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):  # else the module's own casts
             y = GroupedConv.apply(x, self.conv.weight, self.conv.bias, self.conv.padding[0], self.conv.groups)
         else:
             y = self.conv(x)
