@@ -5,14 +5,23 @@ the same distractor indices; one step is forward, backward and an AdamW update. 
 at the configuration's values (its random choices differ, its cost does not); LayerDrop is turned
 off, because which layers it skips changes the amount of work, and a best-of-N time would favour
 whichever model happened to skip more. Throughput is seconds of audio trained on per second of wall
-time; the best of several interleaved repeats is kept, so background load hits both alike.
+time; the best of several interleaved repeats is kept, so background load hits both alike. The
+page faults per step (the mean over the repeats) show how much fresh memory each step touches,
+which on this project's machine costs transformers much of its time.
 
-    python benchmarks/pretraining.py [--configs small base] [--seconds 4] [--batch 2] [--repeats 3]
+--floor adds, per configuration, the matrix products of our step: their GFLOP, their time inside
+the step, and a floor, each shape at the faster of its time in the step and its time measured
+alone in its best layout. transformers' step divided by that floor bounds the speed-up of any step
+that does the same products, and nothing else.
+
+    python benchmarks/pretraining.py [--configs small base] [--seconds 4] [--batch 2] [--repeats 3] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import resource
 import time
 
 import numpy as np
@@ -53,7 +62,7 @@ def step_theirs(model, optimizer, batch):
     return output.contrastive_loss.item() / mask.sum().item()
 
 
-def measure(name: str, seconds: float, batch_size: int, repeats: int) -> list[tuple]:
+def measure(name: str, seconds: float, batch_size: int, repeats: int, floor: bool) -> tuple[list[tuple], str]:
     ours, theirs = build(name)
     samples = int(seconds * 16000)
     frames = int(frame_lengths(torch.tensor(samples), ours.config))
@@ -66,19 +75,67 @@ def measure(name: str, seconds: float, batch_size: int, repeats: int) -> list[tu
     # fused AdamW for both: the transformers Trainer's default optimizer with torch >= 2.8
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True) for k, (m, _) in runs.items()}
     best = {k: float("inf") for k in runs}
+    faults = {k: 0 for k in runs}
     for key, (model, step) in runs.items():  # warm-up
         step(model, optimizers[key], batch)
     for _ in range(repeats):
         for key, (model, step) in runs.items():
-            start = time.perf_counter()
+            faults_before, start = page_faults(), time.perf_counter()
             step(model, optimizers[key], batch)
             best[key] = min(best[key], time.perf_counter() - start)
+            faults[key] += (page_faults() - faults_before) / repeats
     audio = seconds * batch_size
     rows = []
     for key in runs:
         rows.append((name, f"{batch_size}x{seconds:g}s", key, best[key], audio / best[key],
-                     best["transformers"] / best[key]))
-    return rows
+                     best["transformers"] / best[key], faults[key]))
+    return rows, matrix_product_floor(ours, optimizers["ours"], batch, best["transformers"]) if floor else ""
+
+
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def best_time(function, calls: int = 10) -> float:
+    function()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def matrix_product_floor(model, optimizer, batch, theirs: float) -> str:
+    """Profile one of our steps, then time each matrix-product shape alone in its best layout."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        step_ours(model, optimizer, batch)
+    flop = in_step = floor = 0.0
+    for event in profiler.key_averages(group_by_input_shape=True):
+        shapes = event.input_shapes
+        if event.key == "aten::bmm":
+            (count, m, k), (_, _, n) = shapes[0], shapes[1]
+        elif event.key == "aten::mm":
+            count, (m, k), (_, n) = 1, shapes[0], shapes[1]
+        elif event.key in ("aten::addmm", "aten::addmm_"):
+            count, (m, k), (_, n) = 1, shapes[1], shapes[2]
+        else:
+            continue
+        fastest = event.self_cpu_time_total / 1e6 / event.count
+        for a_transposed, b_transposed in itertools.product((False, True), repeat=2):
+            a = torch.randn(count, k, m).transpose(1, 2) if a_transposed else torch.randn(count, m, k)
+            b = torch.randn(count, n, k).transpose(1, 2) if b_transposed else torch.randn(count, k, n)
+            product = (lambda: torch.bmm(a, b)) if count > 1 else (lambda a=a[0], b=b[0]: torch.mm(a, b))
+            fastest = min(fastest, best_time(product))
+        flop += 2 * count * m * k * n * event.count
+        in_step += event.self_cpu_time_total / 1e6
+        floor += fastest * event.count
+    return (f"  matrix products of our step: {flop / 1e9:.0f} GFLOP, {in_step:.3f} s in the step "
+            f"({flop / 1e9 / in_step:.0f} GFLOP/s), floor {floor:.3f} s ({flop / 1e9 / floor:.0f} GFLOP/s): "
+            f"at most {theirs / floor:.2f}x transformers' {theirs:.3f} s")
 
 
 def main() -> None:
@@ -88,16 +145,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--floor", action="store_true", help="also time our step's matrix products alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads")
-    print(f"{'config':8} {'batch':>8} {'implementation':>15} {'step (s)':>9} {'audio s/s':>10} {'speed-up':>9}")
+    print(f"{'config':8} {'batch':>8} {'implementation':>15} {'step (s)':>9} {'audio s/s':>10} {'speed-up':>9} "
+          f"{'faults/step':>12}")
     ratios = []
     for name in args.configs:
-        for row in measure(name, args.seconds, args.batch, args.repeats):
-            print(f"{row[0]:8} {row[1]:>8} {row[2]:>15} {row[3]:9.3f} {row[4]:10.2f} {row[5]:8.2f}x")
+        rows, floor = measure(name, args.seconds, args.batch, args.repeats, args.floor)
+        for row in rows:
+            print(f"{row[0]:8} {row[1]:>8} {row[2]:>15} {row[3]:9.3f} {row[4]:10.2f} {row[5]:8.2f}x {row[6]:12,.0f}")
             if row[2] == "ours":
                 ratios.append(row[5])
+        if floor:
+            print(floor)
     print(f"lowest speed-up over transformers: {min(ratios):.2f}x (target 1.5x): "
           f"{'met' if min(ratios) >= 1.5 else 'NOT met'}")
 
