@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 import transformers
 
 from wav2vec2.checkpoints import from_hf_keys, load_state
@@ -109,8 +110,6 @@ def best_time(function, calls: int = 10) -> float:
 
 def matrix_product_floor(model, optimizer, batch, theirs: float) -> str:
     """Profile one of our steps, then time each matrix-product shape alone in its best layout."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
         step_ours(model, optimizer, batch)
     flop = in_step = floor = 0.0
