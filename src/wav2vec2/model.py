@@ -240,20 +240,20 @@ def tap_groups(kernel: int, stride: int, channels: int, written: bool = False) -
     return [(tap, min(stride, kernel - tap)) for tap in range(0, kernel, stride)]
 
 
-def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
+def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """A strided 1-D convolution of a (time, channels) signal as matrix products on in-place views.
 
     Taken a few taps at a time (tap_groups), the convolution is a few plain matrix products, with
     none of the copies (im2col) or layout changes a general convolution makes. The weight is
-    tap-major, (kernel * channels, out_channels).
+    tap-major, (kernel * channels, out_channels). Written into `out` (steps, out_channels) if given.
     """
     channels = x.shape[1]
     kernel = weight.shape[0] // channels
     steps = (x.shape[0] - kernel) // stride + 1
-    out = None
-    for tap, taps in tap_groups(kernel, stride, channels):
+    for i, (tap, taps) in enumerate(tap_groups(kernel, stride, channels)):
         rows, part = tap_rows(x, tap, taps, steps, stride), weight[tap * channels:(tap + taps) * channels]
-        out = torch.addmm(bias, rows, part) if out is None else out.addmm_(rows, part)
+        out = torch.addmm(bias, rows, part, out=out) if i == 0 else out.addmm_(rows, part)
     return out
 
 
@@ -324,11 +324,12 @@ class FirstTwoConvolutions(torch.autograd.Function):
         ctx.save_for_backward(signal, weight0, bias0, weight1, *finish0_parameters)
         ctx.kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
         ctx.strides, ctx.finish0, ctx.block = strides, finish0, block
-        parts = []
-        for _, _, samples in first_two_blocks(signal, ctx.kernels, strides, block):
+        blocks = list(first_two_blocks(signal, ctx.kernels, strides, block))
+        out = signal.new_empty(blocks[-1][0] + blocks[-1][1], weight1.shape[1])
+        for start, count, samples in blocks:  # each block written in place: no second full-size copy
             hidden = finish0(time_major_conv(signal[samples], weight0, bias0, strides[0]))
-            parts.append(time_major_conv(hidden, weight1, bias1, strides[1]))
-        return torch.cat(parts)
+            time_major_conv(hidden, weight1, bias1, strides[1], out=out[start:start + count])
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
