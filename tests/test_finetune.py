@@ -182,3 +182,14 @@ def test_torchrun_fine_tunes_with_two_processes(spelled, tmp_path):
     assert log[0]["processes"] == 2
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and any("wer" in r for r in log)
     assert wav2vec2.load_model(tmp_path / "final").vocab.tokens[5:] == list("ABCDEF")
+
+
+def test_fine_tuning_a_ctc_checkpoint_again_keeps_its_head(checkpoints, spelled):
+    from wav2vec2.train.finetune import build_model
+
+    init = wav2vec2.load_model(checkpoints["base"])
+    entries = read_manifest(spelled)
+    again = build_model(FinetuneSettings(init=str(checkpoints["base"]), train=str(spelled), out="unused"), entries)
+    assert again.vocab.tokens == init.vocab.tokens
+    for name, value in init.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name

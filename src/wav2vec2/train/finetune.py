@@ -99,7 +99,8 @@ def alignable(frames: int, labels: list[int]) -> bool:
 
 def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCTC:
     """A CTC model with the init checkpoint's encoder (or random weights for a preset) and a
-    fresh head over the init's vocabulary, or one built from the training transcripts."""
+    fresh head over the init's vocabulary, or one built from the training transcripts. A CTC
+    checkpoint with its vocabulary keeps its head too: fine-tuning it again is a warm start."""
     if settings.init in PRESETS or settings.init.endswith(".json"):
         config, state, folder = preset_config(settings.init), None, None
     else:
@@ -118,9 +119,12 @@ def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCT
         config.layerdrop = settings.layerdrop
     model = Wav2Vec2ForCTC(config, vocab, preprocessing)
     if state is not None:
-        encoder = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
-        load_state(model, encoder, settings.init, optional={"wav2vec2.masked_spec_embed", "lm_head.weight",
-                                                              "lm_head.bias"})
+        kept = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
+        head = {k: state[k] for k in ("lm_head.weight", "lm_head.bias") if k in state}
+        if vocab is not None and len(head) == 2 and head["lm_head.weight"].shape[0] == len(vocab):
+            kept.update(head)  # a CTC checkpoint with its own vocabulary: training continues from it
+        load_state(model, kept, settings.init, optional={"wav2vec2.masked_spec_embed", "lm_head.weight",
+                                                           "lm_head.bias"})
     return model
 
 
