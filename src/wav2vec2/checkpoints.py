@@ -32,8 +32,19 @@ PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_mo
 OPTIONAL_KEYS = {"wav2vec2.masked_spec_embed"}
 
 
+# The demo model shipped inside the package: a small CTC model trained on the synthetic English
+# speech of recipes/synthetic/ (see its RESULTS.md), so that something recognises speech offline.
+DEMO_NAME = "demo"
+DEMO_FOLDER = Path(__file__).parent / "demo"
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or the cached snapshot of a Hugging Face Hub id."""
+    """The shipped demo model ("demo"; a local folder of that name is "./demo"), a local
+    checkpoint folder, or the cached snapshot of a Hugging Face Hub id."""
+    if str(name_or_path) == DEMO_NAME:
+        if not (DEMO_FOLDER / "config.json").is_file():
+            raise CheckpointError(f"the demo model is missing from this installation ({DEMO_FOLDER})")
+        return DEMO_FOLDER
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -62,7 +73,8 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         offline = huggingface_hub.constants.HF_HUB_OFFLINE or isinstance(error, OfflineModeIsEnabled)
         why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached"
         raise CheckpointError(f"{repo_id}: not a local folder, and not in the Hugging Face cache; {why}. "
-                              "Download it once with network access, or pass a local checkpoint folder") from None
+                              "Download it once with network access, pass a local checkpoint folder, "
+                              f"or use the shipped demo model, which works offline (--model {DEMO_NAME})") from None
     return folder
 
 
@@ -190,10 +202,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     return model.to(device).eval()
 
 
-def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
+def save_model(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
     """Write a Wav2Vec2ForCTC or Wav2Vec2ForPreTraining as a Hugging Face checkpoint folder
     (config, safetensors weights, preprocessor settings, and the vocabulary of a CTC model),
-    each file replaced atomically."""
+    each file replaced atomically. `dtype` (float16, say) halves the file; loading casts the
+    weights back to the model's float32."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -203,7 +216,12 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
              "preprocessor_config.json": json.dumps(model.preprocessing.to_dict(), indent=2)}
     if getattr(model, "vocab", None) is not None:
         texts.update(model.vocab.files())
-    state = {k: v.detach().cpu().contiguous() for k, v in to_hf_keys(model.state_dict()).items()}
+    state = {}
+    for key, value in to_hf_keys(model.state_dict()).items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value.contiguous()
     _write_atomically(folder / "model.safetensors",
                       lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     for name, text in texts.items():

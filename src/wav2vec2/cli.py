@@ -11,6 +11,8 @@ from pathlib import Path
 from .errors import Wav2Vec2Error
 
 DEFAULT_MODEL = "facebook/wav2vec2-base-960h"
+MODEL_HELP = (f"Hugging Face Hub id, local checkpoint folder, or `demo` (the shipped model for synthetic English "
+              f"speech, works offline) (default: {DEFAULT_MODEL})")
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -261,6 +263,25 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def lm_build_command(args: argparse.Namespace) -> int:
+    from .lm import estimate, read_sentences, write_arpa
+
+    vocab = None
+    if args.model:
+        from .checkpoints import resolve
+        from .vocab import Vocabulary
+
+        vocab = Vocabulary.from_folder(resolve(args.model))
+    sentences, dropped = read_sentences(args.text, vocab)
+    model = estimate(sentences, args.order, min_count=args.prune or (), max_vocab=args.max_vocab)
+    write_arpa(model, args.out)
+    words = sum(len(sentence.split()) for sentence in sentences)
+    sizes = ", ".join(f"{count} {n}-grams" for n, count in enumerate(model.sizes(), 1))
+    print(f"{args.out}: {sizes} from {len(sentences)} sentences, {words} words (lines dropped for characters "
+          f"outside the vocabulary: {dropped})")
+    return 0
+
+
 def add_settings(parser: argparse.ArgumentParser, settings_class, required: tuple[str, ...]) -> None:
     """One --option per field of a settings dataclass, so the command and the Python API match."""
     for field in dataclasses.fields(settings_class):
@@ -290,8 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("transcribe", help="transcribe audio files (WAV, FLAC, OGG, MP3; any rate)")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hugging Face Hub id or local checkpoint folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--batch-size", type=positive_int, default=1, help="chunks per forward pass")
     p.add_argument("--chunk-length", type=positive_float, default=20.0,
                    help="seconds of audio per forward pass (default: 20)")
@@ -306,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .streaming import StreamingConfig as S
 
     p = commands.add_parser("listen", help="transcribe the microphone (or a file) live, phrase by phrase")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hugging Face Hub id or local checkpoint folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--device", metavar="N|NAME", help="input device: index or part of its name (default: the system's)")
     p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
     p.add_argument("--sample-rate", type=positive_int, metavar="HZ",
@@ -334,8 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="word and character error rates on labelled audio")
     p.add_argument("--manifest", required=True, metavar="TEST",
                    help="TSV or JSON-lines manifest with audio and text, or a LibriSpeech folder")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hugging Face Hub id or local checkpoint folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--output", type=report_path, metavar="FILE",
                    help="write per-utterance results to FILE.json or FILE.csv")
@@ -360,6 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--output", metavar="PNG", help="default: RUN_DIR/curves.png")
     p.set_defaults(run=plot_command)
+
+    p = commands.add_parser("lm", help="word n-gram language models for beam-search decoding")
+    lm_commands = p.add_subparsers(dest="lm_command", required=True)
+    q = lm_commands.add_parser("build", help="estimate a modified Kneser-Ney n-gram model from text, as ARPA")
+    q.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text, one sentence per line")
+    q.add_argument("--order", type=positive_int, default=4, help="n-gram order (default: 4)")
+    q.add_argument("--out", required=True, metavar="ARPA", help="the ARPA file to write (gzip if it ends in .gz)")
+    q.add_argument("--model", help="spell the text as this checkpoint's vocabulary does (Hub id, folder or `demo`; "
+                                   "default: upper-case letters and apostrophes, as facebook/wav2vec2-base-960h)")
+    q.add_argument("--prune", type=positive_int, nargs="+", metavar="MIN_COUNT",
+                   help="keep only n-grams seen at least MIN_COUNT times, one value per order from bigrams up, "
+                        "the last repeating: `--prune 1 2` keeps all bigrams and the higher n-grams seen twice "
+                        "(default: keep all)")
+    q.add_argument("--max-vocab", type=positive_int, metavar="N",
+                   help="keep the N most frequent words, the others becoming <unk> (default: all)")
+    q.set_defaults(run=lm_build_command)
     return parser
 
 

@@ -19,3 +19,8 @@ class DataError(Wav2Vec2Error):
 
 class MicrophoneError(Wav2Vec2Error):
     """No microphone, a device that cannot be opened as asked, or PortAudio missing."""
+
+
+class LanguageModelError(Wav2Vec2Error):
+    """A language model file is missing, malformed or needs a module that is not installed, or the
+    text to estimate one from is unusable."""
