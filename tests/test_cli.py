@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -124,3 +125,20 @@ def test_bad_settings_are_usage_errors(checkpoints, files):
     one_line_error(result, "chunk length")
     assert result.returncode == 2
     assert run("transcribe", files["wav-16000-1ch"], "--batch-size", "0").returncode == 2
+
+
+def test_every_option_of_every_command_has_a_help_line():
+    from wav2vec2.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help.strip(), f"{parser.prog}: {action.option_strings or action.dest}"

@@ -282,19 +282,23 @@ def lm_build_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_settings(parser: argparse.ArgumentParser, settings_class, required: tuple[str, ...]) -> None:
-    """One --option per field of a settings dataclass, so the command and the Python API match."""
+def add_settings(parser: argparse.ArgumentParser, settings_class, required: tuple[str, ...],
+                 helps: dict[str, str]) -> None:
+    """One --option per field of a settings dataclass, so the command and the Python API match;
+    `helps` has each field's help line."""
     for field in dataclasses.fields(settings_class):
         flag = "--" + field.name.replace("_", "-")
+        text = helps[field.name]
         if field.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=field.default)
+            parser.add_argument(flag, action="store_true", default=field.default, help=text)
         elif field.type == "bool | None":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
+            plain = field.name in required or field.default is None or "(default:" in text
+            shown = "" if plain else f" (default: {field.default})"
             parser.add_argument(flag, type=kind, required=field.name in required,
-                                default=None if field.name in required else field.default,
-                                help=None if field.name in required else f"(default: {field.default})")
+                                default=None if field.name in required else field.default, help=text + shown)
 
 
 def settings_from(args: argparse.Namespace, settings_class):
@@ -310,16 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("transcribe", help="transcribe audio files (WAV, FLAC, OGG, MP3; any rate)")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files to transcribe")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--batch-size", type=positive_int, default=1, help="chunks per forward pass")
     p.add_argument("--chunk-length", type=positive_float, default=20.0,
                    help="seconds of audio per forward pass (default: 20)")
     p.add_argument("--stride", type=positive_float, default=2.0,
                    help="seconds of overlap on each side of a chunk (default: 2)")
-    p.add_argument("--format", choices=FORMATS, default="txt")
+    p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: txt)")
     p.add_argument("--output-dir", metavar="D", help="write FILE_STEM.FORMAT here instead of printing")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.set_defaults(run=transcribe_command)
 
@@ -358,24 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=report_path, metavar="FILE",
                    help="write per-utterance results to FILE.json or FILE.csv")
     p.add_argument("--batch-size", type=positive_int, default=1, help="chunks per forward pass")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.set_defaults(run=evaluate_command)
 
+    from .train.pretrain import HELP as PRETRAIN_HELP
     from .train.pretrain import PretrainSettings
 
     p = commands.add_parser("pretrain", help="self-supervised pretraining on unlabelled audio")
-    add_settings(p, PretrainSettings, required=("data", "out"))
+    add_settings(p, PretrainSettings, ("data", "out"), PRETRAIN_HELP)
     p.set_defaults(run=pretrain_command)
 
+    from .train.finetune import HELP as FINETUNE_HELP
     from .train.finetune import FinetuneSettings
 
     p = commands.add_parser("finetune", help="CTC fine-tuning on labelled audio")
-    add_settings(p, FinetuneSettings, required=("init", "train", "out"))
+    add_settings(p, FinetuneSettings, ("init", "train", "out"), FINETUNE_HELP)
     p.set_defaults(run=finetune_command)
 
     p = commands.add_parser("plot", help="draw the curves of a training run to a PNG")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a pretrain or finetune run")
     p.add_argument("--output", metavar="PNG", help="default: RUN_DIR/curves.png")
     p.set_defaults(run=plot_command)
 

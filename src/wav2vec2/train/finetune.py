@@ -68,6 +68,39 @@ class FinetuneSettings:
     batch_size_eval: int = 8
 
 
+# One line per setting for `wav2vec2 finetune --help` (the command's options are these fields).
+HELP = {
+    "init": "pretrained checkpoint (folder or Hub id), or tiny/small/base/large or a config.json for random weights",
+    "train": "manifest (TSV or JSON lines) or LibriSpeech folder of labelled audio",
+    "out": "the run folder: log.jsonl, checkpoints/, best/, final/",
+    "dev": "labelled audio scored every --eval-every updates (picks the kept model)",
+    "max_steps": "optimiser updates in the whole run",
+    "seed": "seeds every random choice (masks, dropout, batch order)",
+    "resume": "continue the run in --out from its latest checkpoint",
+    "device": "auto (a GPU when present), cpu or cuda",
+    "precision": "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16",
+    "lr": "peak learning rate of AdamW (tri-stage schedule: 10%% warm-up, 40%% hold, 50%% decay)",
+    "weight_decay": "AdamW weight decay",
+    "freeze_steps": "first updates in which only the CTC head learns (the Transformer frozen)",
+    "train_feature_encoder": "train the convolutions too (for random initialisation)",
+    "max_batch_seconds": "seconds of audio per batch and process, padding included",
+    "max_seconds": "longer utterances are skipped (and counted)",
+    "accumulate": "batches whose gradients add up to one update",
+    "clip_norm": "gradient norm clipped to this value",
+    "mask_time_prob": "share of time steps that start a span replaced by the mask embedding",
+    "mask_time_length": "time steps per masked span",
+    "mask_feature_prob": "share of channels that start a zeroed channel span",
+    "mask_feature_length": "channels per zeroed span",
+    "layerdrop": "probability of skipping each Transformer layer in training (default: the init checkpoint's)",
+    "log_every": "updates between two lines of log.jsonl",
+    "eval_every": "updates between two scorings of --dev",
+    "best_metric": "wer or cer: what picks the kept model (cer ranks models that still insert words)",
+    "save_every": "updates between two checkpoints",
+    "keep_checkpoints": "how many of the latest checkpoints to keep",
+    "batch_size_eval": "chunks per forward pass when scoring --dev",
+}
+
+
 class CTCTraining(nn.Module):
     """The model and its loss in one forward, so that DistributedDataParallel sees the whole step."""
 

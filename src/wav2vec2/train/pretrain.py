@@ -61,6 +61,41 @@ class PretrainSettings:
     normalize: bool | None = None  # zero-mean unit-variance input; default: only for "layer" models
 
 
+# One line per setting for `wav2vec2 pretrain --help` (the command's options are these fields).
+HELP = {
+    "data": "a folder of audio files, or a manifest (TSV or JSON lines)",
+    "out": "the run folder: log.jsonl, checkpoints/, final/",
+    "config": "model size: tiny, small, base or large, or a config.json",
+    "max_steps": "optimiser updates in the whole run",
+    "seed": "seeds every random choice (masks, distractors, noise, batch order)",
+    "resume": "continue the run in --out from its latest checkpoint",
+    "device": "auto (a GPU when present), cpu or cuda",
+    "precision": "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16",
+    "lr": "peak learning rate of AdamW",
+    "warmup_steps": "linear warm-up updates before the linear decay (default: 8%% of --max-steps)",
+    "weight_decay": "AdamW weight decay",
+    "max_batch_seconds": "seconds of audio per batch and process, after cropping",
+    "max_seconds": "longer clips are cropped to this many seconds at a random offset",
+    "min_seconds": "shorter clips are skipped (and counted in the log)",
+    "accumulate": "batches whose gradients add up to one update",
+    "clip_norm": "gradient norm clipped to this value",
+    "log_every": "updates between two lines of log.jsonl",
+    "save_every": "updates between two checkpoints",
+    "keep_checkpoints": "how many of the latest checkpoints to keep",
+    "mask_prob": "share of time steps that start a masked span (before overlaps)",
+    "mask_length": "time steps per masked span",
+    "min_spans": "masked spans per utterance at least",
+    "num_negatives": "distractors per masked step, from the same utterance",
+    "cross_negatives": "more distractors per masked step, from the other utterances of the batch",
+    "gumbel_start": "Gumbel-softmax temperature at the start",
+    "gumbel_end": "lowest Gumbel-softmax temperature",
+    "gumbel_decay": "factor applied to the temperature after every update",
+    "feature_grad_mult": "scales the gradient that reaches the feature encoder",
+    "feature_penalty_weight": "weight of the feature-encoder output penalty (mean squared activation)",
+    "normalize": "feed each crop at zero mean and unit variance (default: only for the \"layer\" family)",
+}
+
+
 def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, settings: PretrainSettings,
                    index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Masks, distractors and Gumbel noise of one batch, each utterance's from its own generator,
