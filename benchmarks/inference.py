@@ -6,10 +6,14 @@ What is measured, and why:
   shapes: "base" (group-norm feature encoder, post-LN Transformer, as facebook/wav2vec2-base-960h)
   and "large" (layer-norm encoder, pre-LN "stable layer norm", as facebook/wav2vec2-large-960h-lv60-self).
   Weights are random: speed does not depend on their values, and no download is needed.
-* Three implementations per row, all loaded from one checkpoint folder so the weights are identical:
+* Implementations, all loaded from one checkpoint folder so the weights are identical:
   `transformers.Wav2Vec2ForCTC` with eager attention, the same with SDPA attention (the faster one,
-  and the one to beat), and ours via `wav2vec2.load_model`. Once per shape, our logits are compared
-  with theirs to show that the speed is not bought with a different function.
+  and the one to beat), ours via `wav2vec2.load_model` in float32 ("ours") and at
+  `precision="auto"` ("ours-auto": bf16 with AMX, int8 on other CPUs where it pays), and the
+  ONNX export run by onnxruntime in float32 and with its dynamic int8 quantization ("ort-fp32",
+  "ort-int8"; skipped without the onnx package or with --no-onnx). Once per shape, our float32
+  logits are compared with transformers' to show that the speed is not bought with a different
+  function, and the reduced-precision logits with ours (SQNR in dB: signal over error power).
 * Timing: one warm-up run per implementation and length, then best-of-N wall time. The implementations
   take turns within each repeat (round-robin), so that background load on a shared machine hits all of
   them alike, and the best run is the least disturbed. The real-time factor is wall time / audio
@@ -26,7 +30,9 @@ What is measured, and why:
   transcribing, and its overall peak (weights and all). The point is that memory stays flat as the
   file grows (target: peak below 2 GB for 60 minutes).
 
-Usage: python benchmarks/inference.py [--quick] [--long] [--repeats N] [--threads N]
+The CPU model and its ISA flags (AMX, AVX-512 BF16, VNNI) are printed with the table.
+
+Usage: python benchmarks/inference.py [--quick] [--long] [--repeats N] [--threads N] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -47,8 +54,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import describe_machine
+
 SAMPLE_RATE = 16_000
 TARGET_RATIO = 1.2  # ours must be at least this much faster than transformers with SDPA
+AUTO_TARGET_RATIO = {"bf16": 4.0, "int8": 2.0}  # ours-auto over SDPA (int8: and faster than ort-int8)
 MEMORY_TARGET_MB = 2048  # peak RSS of the --long run
 
 CONFIGS = {
@@ -56,7 +66,7 @@ CONFIGS = {
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                   feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
 }
-IMPLEMENTATIONS = ["hf-eager", "hf-sdpa", "ours"]
+IMPLEMENTATIONS = ["hf-eager", "hf-sdpa", "ours", "ours-auto", "ort-fp32", "ort-int8"]
 
 VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4,
          **{chr(ord("A") + i): 5 + i for i in range(26)}, "'": 31}
@@ -134,8 +144,9 @@ def save_checkpoint(name: str, folder: Path) -> None:
     (folder / "vocab.json").write_text(json.dumps(VOCAB))
 
 
-def build_models(name: str, folder: Path) -> dict[str, torch.nn.Module]:
-    """One random checkpoint in `folder`, loaded as transformers eager, transformers SDPA and ours."""
+def build_models(name: str, folder: Path, threads: int, onnx: bool) -> dict[str, torch.nn.Module]:
+    """One random checkpoint in `folder`, loaded as transformers eager, transformers SDPA, ours
+    (float32 and auto precision) and, with `onnx`, our ONNX export in onnxruntime."""
     import transformers
     import wav2vec2
 
@@ -147,21 +158,49 @@ def build_models(name: str, folder: Path) -> dict[str, torch.nn.Module]:
         assert next(model.parameters()).dtype == torch.float32
         models[f"hf-{implementation}"] = model.eval()
     models["ours"] = wav2vec2.load_model(folder)
+    models["ours-auto"] = wav2vec2.load_model(folder, precision="auto")
+    if onnx:
+        import onnxruntime
+        from wav2vec2.export import export_onnx
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        for precision in ("fp32", "int8"):
+            path = export_onnx(models["ours"], folder / f"model-{precision}.onnx", precision)
+            models[f"ort-{precision}"] = onnxruntime.InferenceSession(str(path), options,
+                                                                      providers=["CPUExecutionProvider"])
     return models
 
 
-def forward(name: str, model: torch.nn.Module, waveform: torch.Tensor) -> torch.Tensor:
-    if name == "ours":
+def forward(name: str, model, waveform: torch.Tensor) -> torch.Tensor:
+    if name.startswith("ours"):
         return model(waveform)
+    if name.startswith("ort"):
+        feeds = {"waveform": waveform.numpy()}
+        if any(node.name == "attention_mask" for node in model.get_inputs()):
+            feeds["attention_mask"] = np.ones(waveform.shape, dtype=np.int64)
+        return torch.from_numpy(model.run(None, feeds)[0])
     return model(waveform).logits
 
 
 def check_agreement(models: dict[str, torch.nn.Module], waveform: torch.Tensor) -> dict[str, float]:
-    """Max abs difference of our logits from each transformers variant's."""
+    """Max abs difference of our float32 logits from each transformers variant's."""
     with torch.inference_mode():
         ours = forward("ours", models["ours"], waveform)
         return {name: (forward(name, models[name], waveform) - ours).abs().max().item()
-                for name in models if name != "ours"}
+                for name in models if name.startswith("hf")}
+
+
+def check_precision(models: dict[str, torch.nn.Module], waveform: torch.Tensor) -> dict[str, float]:
+    """SQNR in dB of the other implementations' logits against our float32 logits."""
+    with torch.inference_mode():
+        ours = forward("ours", models["ours"], waveform)
+        result = {}
+        for name in models:
+            if name.startswith(("ours-", "ort")):
+                error = (forward(name, models[name], waveform) - ours).pow(2).sum().clamp(min=1e-30)
+                result[name] = 10 * torch.log10(ours.pow(2).sum() / error).item()
+        return result
 
 
 # ---------------------------------------------------------------------------- timing
@@ -215,7 +254,7 @@ HEADER = (f"{'config':<6} {'audio s':>7} {'implementation':<14} {'best s':>8} {'
 def format_row(config: str, seconds: float, name: str, result: dict, row: dict) -> str:
     memory = "-" if result["memory"] is None else f"{result['memory']:.0f}"
     versus_sdpa = versus_eager = ""
-    if name == "ours":
+    if not name.startswith("hf"):
         versus_sdpa = f"{row['hf-sdpa']['best'] / result['best']:.2f}x"
         versus_eager = f"{row['hf-eager']['best'] / result['best']:.2f}x"
     return (f"{config:<6} {seconds:>7.0f} {name:<14} {result['best']:>8.3f} {result['cpu']:>8.3f} "
@@ -297,6 +336,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best of N)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--no-onnx", action="store_true", help="leave out the onnxruntime rows")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "WAV"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -315,16 +355,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"best of {args.repeats}, batch 1, random weights and input")
     print(f"load average at start: {load_average()} (other work on the machine makes timings noisy)")
+    print(describe_machine())
+    from wav2vec2.precision import resolve_precision
+
+    auto = resolve_precision("auto")
+    print(f"precision auto here: {auto}")
+    onnx = not args.no_onnx and importlib.util.find_spec("onnx") is not None
+    if not onnx and not args.no_onnx:
+        print("onnx is not installed: no onnxruntime rows (pip install 'wav2vec2[onnx]')")
 
     rows = []  # (config, seconds, results per implementation)
-    agreement = {}
+    agreement, precision = {}, {}
     with tempfile.TemporaryDirectory(prefix="wav2vec2-bench-") as tmp:
         tmp = Path(tmp)
         for config in args.configs:
             folder = tmp / config
-            models = build_models(config, folder)
+            models = build_models(config, folder, args.threads, onnx)
             check_input = torch.randn(1, 5 * SAMPLE_RATE, generator=torch.Generator().manual_seed(2))
             agreement[config] = check_agreement(models, check_input)
+            precision[config] = check_precision(models, check_input)
             for seconds in lengths:
                 rows.append((config, seconds, measure(models, seconds, args.repeats)))
                 print(f"  measured {config} {seconds:.0f} s", file=sys.stderr, flush=True)
@@ -336,12 +385,16 @@ def main() -> None:
         print("-" * len(HEADER))
         for config, seconds, results in rows:
             for name in IMPLEMENTATIONS:
-                print(format_row(config, seconds, name, results[name], results))
+                if name in results:
+                    print(format_row(config, seconds, name, results[name], results))
         print()
         for config, diffs in agreement.items():
             shown = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
             verdict = "ok" if max(diffs.values()) < 1e-4 else "DIFFERENT (> 1e-4)"
             print(f"Logits of ours vs transformers, {config}, 5 s input: max abs diff {shown} ({verdict})")
+        for config, sqnr in precision.items():
+            shown = ", ".join(f"{name} {value:.1f} dB" for name, value in sqnr.items())
+            print(f"Logits SQNR against ours in float32, {config}, 5 s input: {shown} (ours-auto is {auto})")
 
         if args.long:
             if "base" not in args.configs:
@@ -354,6 +407,17 @@ def main() -> None:
     held = "held" if worst >= TARGET_RATIO else "NOT held"
     print(f"\nSummary: ours is at least {worst:.2f}x as fast as transformers SDPA over {len(ratios)} rows; "
           f"target >= {TARGET_RATIO}x {held}.")
+    if auto in AUTO_TARGET_RATIO:
+        base = [results for config, seconds, results in rows if config == "base" and seconds == 30.0]
+        for results in base:
+            ratio = results["hf-sdpa"]["best"] / results["ours-auto"]["best"]
+            verdict = "held" if ratio >= AUTO_TARGET_RATIO[auto] else "NOT held"
+            line = (f"ours-auto ({auto}), base 30 s: {ratio:.2f}x transformers SDPA, target >= "
+                    f"{AUTO_TARGET_RATIO[auto]}x {verdict}")
+            if "ort-int8" in results:
+                faster = results["ort-int8"]["best"] / results["ours-auto"]["best"]
+                line += f"; {faster:.2f}x onnxruntime int8 (target > 1x: {'held' if faster > 1 else 'NOT held'})"
+            print(line)
 
 
 if __name__ == "__main__":

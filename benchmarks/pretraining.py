@@ -29,6 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 import transformers
 
+from machine import describe_machine
 from wav2vec2.checkpoints import from_hf_keys, load_state
 from wav2vec2.model import PRESETS, Wav2Vec2Config, frame_lengths
 from wav2vec2.pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
@@ -148,6 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads")
+    print(describe_machine())
     print(f"{'config':8} {'batch':>8} {'implementation':>15} {'step (s)':>9} {'audio s/s':>10} {'speed-up':>9} "
           f"{'faults/step':>12}")
     ratios = []

@@ -40,8 +40,10 @@ import soxr
 import torch
 
 import wav2vec2
+from machine import describe_machine
 from wav2vec2.audio import Preprocessing
 from wav2vec2.model import Wav2Vec2Config, Wav2Vec2ForCTC
+from wav2vec2.precision import PRECISIONS, apply_precision
 from wav2vec2.streaming import StreamingConfig, StreamingRecognizer
 from wav2vec2.vocab import Vocabulary
 
@@ -154,6 +156,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--phrases", type=int, default=8)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="PyTorch CPU threads")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="precision of the model, as `wav2vec2 listen --precision` (default: auto)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     audio, spans = synthesise(args.phrases)
@@ -164,12 +168,15 @@ def main() -> None:
     print(f"wav2vec2 {wav2vec2.__version__}, torch {torch.__version__}, {args.threads} threads, "
           f"{os.cpu_count()} CPUs, load average {load}; {len(audio) / RATE:.1f} s of audio, {len(spans)} phrases, "
           f"default StreamingConfig {StreamingConfig()}")
+    print(describe_machine())
     header = (f"{'model':6} {'clock':9} {'finals':>6} {'final delay median':>19} {'max':>6} "
               f"{'partial gap: audio max':>23} {'time median':>12} {'max':>6} {'RTF':>6} {'CPU %':>6}  targets")
     print(header)
     print("-" * len(header))
     for name in args.configs:
-        result = listen(build_model(name), audio, spans)
+        model = apply_precision(build_model(name), args.precision)
+        print(f"{name}: precision {model.precision}", flush=True)
+        result = listen(model, audio, spans)
         for clock in ("measured", "replayed"):
             r = result[clock]
             delays, gaps = r["delays"], r["time_gaps"]

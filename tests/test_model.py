@@ -10,8 +10,8 @@ import transformers
 
 import wav2vec2
 from wav2vec2.checkpoints import from_hf_keys
-from wav2vec2.model import (FeatureEncoder, GroupedConv, Wav2Vec2Config, attention_with_dropout, dropout,
-                            frame_lengths, keep_mask)
+from wav2vec2.kernels import GroupedConv, attention_with_dropout, dropout, keep_mask
+from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, frame_lengths
 
 from .conftest import FAMILIES, SMALL, make_hf_checkpoint
 

@@ -186,8 +186,13 @@ def read_config(folder: Path) -> Wav2Vec2Config:
         raise CheckpointError(f"{path}: {error}") from None
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Wav2Vec2ForCTC:
-    """Load a wav2vec2 CTC checkpoint from a Hub id or a local folder, ready for inference."""
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> Wav2Vec2ForCTC:
+    """Load a wav2vec2 CTC checkpoint from a Hub id or a local folder, ready for inference, at
+    `precision`: fp32, bf16 or int8 (on CPUs), or auto (see wav2vec2.precision)."""
+    from .precision import apply_precision, check_precision
+
+    check_precision(precision, device)  # before the weights are read
     folder = resolve(name_or_path)
     config = read_config(folder)
     vocab = Vocabulary.from_folder(folder)
@@ -199,7 +204,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
                               "it is a pretrained encoder that must be fine-tuned first")
     model = Wav2Vec2ForCTC(config, vocab, preprocessing)
     load_state(model, state, str(name_or_path), ignore=("quantizer.", "project_q.", "project_hid."))
-    return model.to(device).eval()
+    return apply_precision(model.to(device).eval(), precision)
 
 
 def save_model(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

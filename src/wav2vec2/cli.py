@@ -15,9 +15,33 @@ MODEL_HELP = (f"Hugging Face Hub id, local checkpoint folder, or `demo` (the shi
               f"speech, works offline) (default: {DEFAULT_MODEL})")
 
 
+PRECISION_HELP = ("auto (bf16 on CPUs with AMX, int8 on other CPUs where it measures faster, else fp32), "
+                  "fp32, bf16 or int8 (these two on CPUs only)")
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"wav2vec2: error: {message}", file=sys.stderr)
     return code
+
+
+def beam_decoder(args: argparse.Namespace):
+    """--decoder and the beam-search options -> a function of the model's vocabulary giving the
+    decoder (None: greedy). The LM and lexicon files are read now, so a bad file fails before the
+    model loads."""
+    from .beam import BeamDecoder, BeamSettings, read_lexicon
+    from .lm import load_lm
+
+    given = [f"--{name}" for name in ("lm", "lexicon", "hotword") if getattr(args, name)]
+    if args.decoder == "greedy" and given:
+        raise ValueError(f"{', '.join(given)} need --decoder beam")
+    if args.decoder != "beam" and not given:
+        return lambda vocab: None
+    settings = BeamSettings(beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
+                            word_score=args.word_score, hotwords=tuple(args.hotword or ()))
+    settings.validate()
+    lm = load_lm(args.lm) if args.lm else None
+    lexicon = read_lexicon(args.lexicon) if args.lexicon else None
+    return lambda vocab: BeamDecoder(vocab, settings, lm=lm, lexicon=lexicon)
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
@@ -32,7 +56,9 @@ def transcribe_command(args: argparse.Namespace) -> int:
         return fail("--device cuda: no CUDA device is available (use --device cpu)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, device=args.device)
+    make_decoder = beam_decoder(args)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    decoder = make_decoder(model.vocab)
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -40,7 +66,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
               leave=False, file=sys.stderr) as bar:
         results = transcribe_many(model, args.files, batch_size=args.batch_size,
                                   chunk_length=args.chunk_length, stride=args.stride,
-                                  on_progress=lambda seconds: bar.update(round(seconds, 2)))
+                                  on_progress=lambda seconds: bar.update(round(seconds, 2)), decoder=decoder)
         for index, result in results:
             if isinstance(result, Exception):
                 failures += 1
@@ -83,13 +109,15 @@ def listen_command(args: argparse.Namespace) -> int:
                     interval=args.interval, context=args.context)
     config = StreamingConfig(**{name: value for name, value in settings.items() if value is not None})
     config.validate()
+    make_decoder = beam_decoder(args)
     if args.source_file:
         source = FilePlayer(args.source_file, realtime=not args.fast)
     else:
         source = Microphone(args.device, args.sample_rate)  # fails fast, before the model is loaded
     if args.threads:
         torch.set_num_threads(args.threads)
-    recognizer = StreamingRecognizer(load_model(args.model), config, source.sample_rate)
+    model = load_model(args.model, precision=args.precision)
+    recognizer = StreamingRecognizer(model, config, source.sample_rate, decoder=make_decoder(model.vocab))
     printer = LivePrinter(args.json, args.output, source.name)
 
     def interrupt(*_) -> None:  # first Ctrl-C: stop listening and flush the last phrase; second: abort
@@ -210,7 +238,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     entries = load_data(args.manifest)
     check_labelled(entries)
-    model = load_model(args.model, device=args.device)
+    make_decoder = beam_decoder(args)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    decoder = make_decoder(model.vocab)
     with tqdm(total=len(entries), unit="utt", desc="evaluating", disable=None, leave=False, file=sys.stderr) as bar:
         def progress(utterance) -> None:
             if utterance.error is not None:
@@ -218,14 +248,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
                 print(f"wav2vec2: error: {utterance.error}", file=sys.stderr)
             bar.update(1)
 
-        result = evaluate(model, entries, batch_size=args.batch_size, on_utterance=progress)
+        result = evaluate(model, entries, batch_size=args.batch_size, on_utterance=progress, decoder=decoder)
     if args.output:
         write_report(result, args.output)
     if result.unknown_characters:
         print("wav2vec2: warning: the references contain characters outside the model's vocabulary "
               f"(each is an error): {' '.join(result.unknown_characters)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"model": str(args.model), "manifest": str(args.manifest), **result.summary()},
+        print(json.dumps({"model": str(args.model), "manifest": str(args.manifest), "precision": model.precision,
+                          **result.summary()},
                          ensure_ascii=False))
     else:
         w, c = result.words, result.characters
@@ -238,6 +269,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if result.failed:
         print(f"wav2vec2: {len(result.failed)} of {len(entries)} files failed and are not scored", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .export import export_onnx
+
+    path = export_onnx(load_model(args.model), args.out, args.precision)
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB ({args.precision})")
+    return 0
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -263,6 +303,33 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def align_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .align import align, read_transcript, render_alignment
+    from .audio import AudioFile
+    from .checkpoints import load_model
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    transcript = read_transcript(args.transcript)
+    AudioFile(args.audio)  # a missing or unreadable file fails before the model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = align(load_model(args.model, device=args.device), args.audio, transcript)
+    text = render_alignment(result, args.format)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="", flush=True)
+    flagged = [word.text for word in result.words if word.status == "unalignable"]
+    if flagged:
+        print(f"wav2vec2: warning: {len(flagged)} of {len(result.words)} words are probably not in the audio "
+              f"(status unalignable): {' '.join(flagged[:10])}{' ...' if len(flagged) > 10 else ''}",
+              file=sys.stderr)
+    return 0
+
+
 def lm_build_command(args: argparse.Namespace) -> int:
     from .lm import estimate, read_sentences, write_arpa
 
@@ -279,6 +346,71 @@ def lm_build_command(args: argparse.Namespace) -> int:
     sizes = ", ".join(f"{count} {n}-grams" for n, count in enumerate(model.sizes(), 1))
     print(f"{args.out}: {sizes} from {len(sentences)} sentences, {words} words (lines dropped for characters "
           f"outside the vocabulary: {dropped})")
+    return 0
+
+
+def lm_tune_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import load_model
+    from .evaluate import check_labelled, tune
+    from .manifest import load_data
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    entries = load_data(args.manifest)
+    check_labelled(entries)
+    args.decoder, args.lm_weight, args.word_score = "beam", 0.0, 0.0  # the weights are what is searched
+    make_decoder = beam_decoder(args)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    failed = []
+
+    def progress(utterance) -> None:
+        if utterance.error is not None:
+            failed.append(utterance)
+            print(f"wav2vec2: error: {utterance.error}", file=sys.stderr)
+
+    def show(lm_weight: float, word_score: float, wer: float) -> None:
+        print(f"--lm-weight {lm_weight:<5g} --word-score {word_score:<5g} WER {100 * wer:.2f}%", flush=True)
+
+    result = tune(model, entries, make_decoder(model.vocab), args.lm_weights, args.word_scores,
+                  on_utterance=progress, on_pair=show)
+    print(f"best: --lm-weight {result.lm_weight:g} --word-score {result.word_score:g}: WER {100 * result.wer:.2f}% "
+          f"(greedy {100 * result.greedy_wer:.2f}%; {result.utterances} utterances)")
+    if failed:
+        print(f"wav2vec2: {len(failed)} of {len(entries)} files failed and are not scored", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import load_model
+    from .server import ServerSettings, SpeechServer, bind, run
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("WAV2VEC2_API_KEY") or None
+    settings = ServerSettings(model_name=str(args.model), max_streams=args.max_streams, api_key=api_key,
+                              max_upload=round(args.max_upload_mb * 2**20), max_message=round(args.max_message_kb * 1024),
+                              idle_timeout=args.idle_timeout, max_batch=args.max_batch)
+    settings.validate()
+    make_decoder = beam_decoder(args)  # LM and lexicon files are read before the model loads
+    sock = bind(args.host, args.port)  # and a taken port fails before the model loads too
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    server = SpeechServer(model, settings, decoder=make_decoder(model.vocab))
+    host, port = sock.getsockname()[:2]
+    print(f"Serving {args.model} (precision {getattr(server.model, 'precision', 'fp32')}) on "
+          f"http://{f'[{host}]' if ':' in host else host}:{port}/ with at most {args.max_streams} live streams"
+          f"{' and an API key' if api_key else ''}; Ctrl-C stops.", file=sys.stderr, flush=True)
+    if not api_key and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"wav2vec2: warning: listening on {host} without --api-key: anyone who can reach this machine can use "
+              "the server", file=sys.stderr, flush=True)
+    run(server, sock)
     return 0
 
 
@@ -307,6 +439,7 @@ def settings_from(args: argparse.Namespace, settings_class):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .precision import PRECISIONS
     from .writers import FORMATS
 
     parser = argparse.ArgumentParser(prog="wav2vec2", description="wav2vec 2.0 speech recognition")
@@ -325,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="D", help="write FILE_STEM.FORMAT here instead of printing")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default: auto)")
+    add_decoder_options(p)
     p.set_defaults(run=transcribe_command)
 
     from .streaming import StreamingConfig as S
@@ -352,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=positive_float, metavar="S",
                    help=f"seconds of audio the model sees on each side of the frames it keeps (default: {S.context})")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default: auto)")
+    add_decoder_options(p, "the finals (partials stay greedy)")
     p.set_defaults(run=listen_command)
 
     p = commands.add_parser("evaluate", help="word and character error rates on labelled audio")
@@ -364,7 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=1, help="chunks per forward pass")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help=PRECISION_HELP + " (default: fp32, so that scores do not depend on the machine)")
+    add_decoder_options(p)
     p.set_defaults(run=evaluate_command)
+
+    p = commands.add_parser("export", help="write a CTC model as ONNX, for onnxruntime (needs the onnx package)")
+    p.add_argument("model", metavar="MODEL", help="Hugging Face Hub id, local checkpoint folder, or `demo`")
+    p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32, or int8: onnxruntime's dynamic quantization of the matrix products (default: fp32)")
+    p.set_defaults(run=export_command)
 
     from .train.pretrain import HELP as PRETRAIN_HELP
     from .train.pretrain import PretrainSettings
@@ -400,7 +547,95 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-vocab", type=positive_int, metavar="N",
                    help="keep the N most frequent words, the others becoming <unk> (default: all)")
     q.set_defaults(run=lm_build_command)
+    q = lm_commands.add_parser("tune", help="search --lm-weight and --word-score for the lowest WER on a dev set")
+    q.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    q.add_argument("--lm", required=True, metavar="FILE", help="word n-gram model: ARPA (plain or .gz) or KenLM binary")
+    q.add_argument("--manifest", required=True, metavar="DEV",
+                   help="TSV or JSON-lines manifest with audio and text, or a LibriSpeech folder")
+    q.add_argument("--lexicon", metavar="FILE", help=LEXICON_HELP)
+    q.add_argument("--hotword", action="append", type=hotword, metavar="WORD[:BOOST]", help=HOTWORD_HELP)
+    q.add_argument("--beam-size", type=positive_int, default=100, help="texts kept per frame (default: 100)")
+    q.add_argument("--lm-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
+                   metavar="W", help="LM weights to try (default: 0 0.25 0.5 0.75 1 1.5 2)")
+    q.add_argument("--word-scores", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 3.0], metavar="S",
+                   help="word scores to try with each LM weight (default: -1 0 1 2 3)")
+    q.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    q.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    q.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help=PRECISION_HELP + " (default: fp32, as evaluate)")
+    q.set_defaults(run=lm_tune_command)
+
+    from .align import FORMATS as ALIGN_FORMATS
+
+    p = commands.add_parser("align", help="align a known transcript to audio: word and character times")
+    p.add_argument("audio", metavar="AUDIO", help="the audio file (WAV, FLAC, OGG, MP3; any rate)")
+    p.add_argument("transcript", metavar="TRANSCRIPT", help="UTF-8 text file: what is said in AUDIO")
+    p.add_argument("--format", choices=ALIGN_FORMATS, default="json",
+                   help="json (words, characters, scores, statuses), srt, vtt, textgrid (Praat) or ctm "
+                        "(default: json)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--output", metavar="FILE", help="write to FILE instead of printing")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.set_defaults(run=align_command)
+
+    p = commands.add_parser("serve", help="an HTTP and WebSocket server: files (OpenAI's API), live audio, a browser page")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    p.add_argument("--max-streams", type=positive_int, default=8,
+                   help="live WebSocket streams at once; the next is refused (default: 8)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on HTTP and WebSocket (default: $WAV2VEC2_API_KEY if set, "
+                        "else no key)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=512, metavar="MB",
+                   help="largest file upload, in MiB (default: 512)")
+    p.add_argument("--max-message-kb", type=positive_float, default=1024, metavar="KB",
+                   help="largest WebSocket message, in KiB (default: 1024)")
+    p.add_argument("--idle-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="close a live stream that sends nothing for S seconds (default: 30)")
+    p.add_argument("--max-batch", type=positive_int, default=8,
+                   help="live model windows of different streams run in one forward pass; 1 turns batching off "
+                        "(default: 8)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default: auto)")
+    add_decoder_options(p, "the text of files and of live finals (partials stay greedy)")
+    p.set_defaults(run=serve_command)
     return parser
+
+
+LEXICON_HELP = ("the words the output may contain, one per line, each optionally followed by its spelling "
+                "in tokens (default: any spelling is a word)")
+HOTWORD_HELP = ("a word to favour, with an optional boost in nats (default 10); repeat for more; works for words "
+                "the LM lacks")
+
+
+def add_decoder_options(parser: argparse.ArgumentParser, what: str = "the text") -> None:
+    parser.add_argument("--decoder", choices=("greedy", "beam"),
+                        help=f"how {what} is decoded: greedy (best token per frame), or beam search with an optional "
+                             "LM (default: beam with --lm, --lexicon or --hotword, else greedy)")
+    parser.add_argument("--beam-size", type=positive_int, default=100, help="beam search: texts kept per frame "
+                                                                            "(default: 100)")
+    parser.add_argument("--lm", metavar="FILE", help="word n-gram model for beam search: ARPA (plain or .gz) or "
+                                                     "KenLM binary (`wav2vec2 lm build` makes one)")
+    parser.add_argument("--lexicon", metavar="FILE", help=LEXICON_HELP)
+    parser.add_argument("--lm-weight", type=float, default=0.5,
+                        help="multiplies the LM's ln probability of each word (default: 0.5; `wav2vec2 lm tune` "
+                             "finds a better one)")
+    parser.add_argument("--word-score", type=float, help="added for each word (default: 1 with --lm, else 0)")
+    parser.add_argument("--hotword", action="append", type=hotword, metavar="WORD[:BOOST]", help=HOTWORD_HELP)
+
+
+def hotword(text: str) -> str:
+    from .beam import parse_hotword
+
+    try:
+        parse_hotword(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def positive_int(text: str) -> int:

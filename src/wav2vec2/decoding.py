@@ -52,7 +52,15 @@ def greedy_decode(ids: torch.Tensor, probs: torch.Tensor, vocab: Vocabulary,
             if ids[start] != vocab.blank:
                 characters.append((vocab.token(ids[start]), start, frame, max(probs[start:frame])))
             start = frame
+    return words_from_characters(characters, vocab, seconds_per_frame, offset)
 
+
+def words_from_characters(characters: list[tuple[str, int, int, float]], vocab: Vocabulary,
+                          seconds_per_frame: float = 0.02, offset: float = 0.0) -> Decoded:
+    """(token, first frame, frame after last, best probability) of each emitted character -> words.
+
+    Shared by the greedy and the beam-search decoders, so that both time words the same way.
+    """
     words: list[Word] = []
     current: list[tuple[str, int, int, float]] = []
     for character in characters + [(vocab.word_delimiter, 0, 0, 0.0)]:

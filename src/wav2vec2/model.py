@@ -23,6 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import (Dropout, GroupedConv, ScaleGradient, attention_with_dropout, plain_ops,
+                      time_major_feature_encoder)
+
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -201,160 +204,11 @@ class ConvLayer(nn.Module):
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return self.activation(x)
 
-    def forward_time_major(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """(time, channels) -> (time, channels) with a tap-major weight; a GroupNorm must already
-        be folded into it (see FeatureEncoder.forward_time_major)."""
-        return self.finish(TimeMajorConv.apply(x, weight, bias, self.conv.stride[0]))
-
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """The per-frame LayerNorm, if any, and the activation of a time-major convolution output."""
         if self.norm == "layer":
             x = self.layer_norm(x)
         return self.activation(x)
-
-    def tap_major_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The kernel as a (kernel * in_channels, out_channels) matrix, rows ordered tap by tap."""
-        weight = self.conv.weight
-        bias = self.conv.bias if self.conv.bias is not None else weight.new_zeros(weight.shape[0])
-        return weight.permute(2, 1, 0).reshape(-1, weight.shape[0]), bias
-
-
-def tap_rows(x: torch.Tensor, first_tap: int, taps: int, steps: int, stride: int) -> torch.Tensor:
-    """Taps [first_tap, first_tap + taps) of every output step of a (time, channels) signal, as a
-    (steps, taps * channels) matrix read in place: in time-major memory the taps of one step are
-    contiguous and the next step starts stride * channels numbers later, so BLAS reads (and, for
-    gradients, writes) it with that row pitch and no copy. With taps > stride the rows overlap,
-    which BLAS cannot read: then they are copied."""
-    channels = x.shape[1]
-    rows = x.as_strided((steps, taps * channels), (stride * channels, 1), x.storage_offset() + first_tap * channels)
-    return rows.contiguous() if taps > stride else rows
-
-
-def tap_groups(kernel: int, stride: int, channels: int, written: bool = False) -> list[tuple[int, int]]:
-    """(first tap, taps) of the matrix products of a convolution: `stride` taps at a time, whose
-    rows do not overlap, or all at once for a one-channel input that is only read (not `written`,
-    as an input gradient is), whose (steps, kernel) windows are small enough to copy into a single
-    product."""
-    if channels == 1 and not written:
-        return [(0, kernel)]
-    return [(tap, min(stride, kernel - tap)) for tap in range(0, kernel, stride)]
-
-
-def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """A strided 1-D convolution of a (time, channels) signal as matrix products on in-place views.
-
-    Taken a few taps at a time (tap_groups), the convolution is a few plain matrix products, with
-    none of the copies (im2col) or layout changes a general convolution makes. The weight is
-    tap-major, (kernel * channels, out_channels). Written into `out` (steps, out_channels) if given.
-    """
-    channels = x.shape[1]
-    kernel = weight.shape[0] // channels
-    steps = (x.shape[0] - kernel) // stride + 1
-    for i, (tap, taps) in enumerate(tap_groups(kernel, stride, channels)):
-        rows, part = tap_rows(x, tap, taps, steps, stride), weight[tap * channels:(tap + taps) * channels]
-        out = torch.addmm(bias, rows, part, out=out) if i == 0 else out.addmm_(rows, part)
-    return out
-
-
-def add_time_major_conv_grads(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, stride: int,
-                              grad_x: torch.Tensor | None, grad_weight: torch.Tensor | None) -> None:
-    """Add the gradients of time_major_conv for the output gradient `grad` (steps, out_channels)
-    to grad_x and grad_weight (either may be None): again matrix products on the tap views, those
-    written to grad_x `stride` taps at a time so that they never overlap."""
-    channels, steps = x.shape[1], grad.shape[0]
-    kernel = weight.shape[0] // channels
-    if grad_weight is not None:
-        for tap, taps in tap_groups(kernel, stride, channels):
-            rows = slice(tap * channels, (tap + taps) * channels)
-            grad_weight[rows].addmm_(tap_rows(x, tap, taps, steps, stride).T, grad)
-    if grad_x is not None:
-        for tap, taps in tap_groups(kernel, stride, channels, written=True):
-            rows = slice(tap * channels, (tap + taps) * channels)
-            tap_rows(grad_x, tap, taps, steps, stride).addmm_(grad, weight[rows].T)
-
-
-class TimeMajorConv(torch.autograd.Function):
-    """time_major_conv with its gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.stride = stride
-        return time_major_conv(x, weight, bias, stride)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        add_time_major_conv_grads(x, weight, grad, ctx.stride, grad_x, grad_weight)
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-def first_two_blocks(signal: torch.Tensor, kernels: tuple[int, int], strides: tuple[int, int], block: int):
-    """(first output, output count, the slice of signal samples they read) for each block of at
-    most `block` outputs of two stacked convolutions."""
-    (k0, k1), (s0, s1) = kernels, strides
-    frames = ((len(signal) - k0) // s0 + 1 - k1) // s1 + 1
-    if frames < 1:
-        raise ValueError(f"{len(signal)} samples are too few for one output frame")
-    for start in range(0, frames, block):
-        count = min(block, frames - start)
-        first, needed = start * s1, (count - 1) * s1 + k1  # the first-layer frames this block reads
-        yield start, count, slice(first * s0, (first + needed - 1) * s0 + k0)
-
-
-class FirstTwoConvolutions(torch.autograd.Function):
-    """convolution 0 -> finish0 (its norm and activation) -> convolution 1 of a (samples, 1)
-    signal, computed block by block.
-
-    The first layer writes 2.5 times as many numbers as the waveform has samples. Block by block,
-    its output stays in cache instead of making several passes over main memory, and backward
-    recomputes it block by block instead of keeping it: the first convolution is the cheapest of
-    all. Blocks overlap by kernel1 - stride1 first-layer frames, whose gradients simply add up.
-    finish0 must work frame by frame; its parameters come last. Returns convolution 1's output.
-    """
-
-    @staticmethod
-    def forward(ctx, signal: torch.Tensor, weight0: torch.Tensor, bias0: torch.Tensor, weight1: torch.Tensor,
-                bias1: torch.Tensor, strides: tuple[int, int], finish0, block: int, *finish0_parameters):
-        ctx.save_for_backward(signal, weight0, bias0, weight1, *finish0_parameters)
-        ctx.kernels = (weight0.shape[0], weight1.shape[0] // weight0.shape[1])
-        ctx.strides, ctx.finish0, ctx.block = strides, finish0, block
-        blocks = list(first_two_blocks(signal, ctx.kernels, strides, block))
-        out = signal.new_empty(blocks[-1][0] + blocks[-1][1], weight1.shape[1])
-        for start, count, samples in blocks:  # each block written in place: no second full-size copy
-            hidden = finish0(time_major_conv(signal[samples], weight0, bias0, strides[0]))
-            time_major_conv(hidden, weight1, bias1, strides[1], out=out[start:start + count])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        signal, weight0, bias0, weight1, *parameters = ctx.saved_tensors
-        strides = ctx.strides
-        grad = grad.contiguous()
-        grad_weight0, grad_bias0 = torch.zeros_like(weight0), torch.zeros_like(bias0)
-        grad_weight1 = torch.zeros_like(weight1)
-        grad_parameters = [torch.zeros_like(p) for p in parameters]
-        grad_signal = torch.zeros_like(signal) if ctx.needs_input_grad[0] else None
-        for start, count, samples in first_two_blocks(signal, ctx.kernels, strides, ctx.block):
-            window = signal[samples]
-            with torch.enable_grad():
-                before = time_major_conv(window, weight0.detach(), bias0.detach(), strides[0]).requires_grad_()
-                hidden = ctx.finish0(before)
-            grad_hidden = torch.zeros_like(hidden)
-            add_time_major_conv_grads(hidden.detach(), weight1, grad[start:start + count], strides[1],
-                                      grad_hidden, grad_weight1)
-            grad_before, *grads = torch.autograd.grad(hidden, (before, *parameters), grad_hidden)
-            add_time_major_conv_grads(window, weight0, grad_before, strides[0],
-                                      None if grad_signal is None else grad_signal[samples], grad_weight0)
-            grad_bias0 += grad_before.sum(0)
-            for total, part in zip(grad_parameters, grads):
-                total += part
-        return grad_signal, grad_weight0, grad_bias0, grad_weight1, grad.sum(0), None, None, None, *grad_parameters
 
 
 class FeatureEncoder(nn.Module):
@@ -377,107 +231,14 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, conv_dim[-1])."""
-        if waveform.device.type != "cpu" or torch.is_autocast_enabled("cpu") or len(self.conv_layers) < 2:
+        if (waveform.device.type != "cpu" or torch.is_autocast_enabled("cpu") or len(self.conv_layers) < 2
+                or plain_ops()):
             x = waveform[:, None, :]
             for layer in self.conv_layers:
                 x = layer(x)
             return x.transpose(1, 2)
-        return torch.stack([self.forward_time_major(w.contiguous()) for w in waveform])
-
-    def forward_time_major(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The same function for one waveform (samples,), faster on a CPU.
-
-        Every convolution runs in time-major layout as matrix products (time_major_conv), the
-        first two block by block (FirstTwoConvolutions). The first layer's GroupNorm is folded
-        into its weights: its per-channel mean and variance follow exactly from the mean and
-        covariance of the input windows, because the convolution is linear (gradients flow
-        through the fold).
-        """
-        first, second, *rest = self.conv_layers
-        k0, s0 = first.conv.kernel_size[0], first.conv.stride[0]
-        if len(waveform) < k0:
-            raise ValueError(f"{len(waveform)} samples are too few for one output frame")
-        weight0, bias0 = first.tap_major_weight()
-        if first.norm == "group":
-            weight0, bias0 = fold_group_norm(waveform.unfold(0, k0, s0), weight0, bias0, first.layer_norm)
-        weight1, bias1 = second.tap_major_weight()
-        x = FirstTwoConvolutions.apply(waveform[:, None], weight0, bias0, weight1, bias1,
-                                       (s0, second.conv.stride[0]), first.finish, self.block_frames,
-                                       *(first.layer_norm.parameters() if first.norm == "layer" else ()))
-        x = second.finish(x)
-        for layer in rest:
-            x = layer.forward_time_major(x, *layer.tap_major_weight())
-        return x
-
-
-def fold_group_norm(windows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                    norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold a per-channel GroupNorm over time into the convolution before it.
-
-    windows: (frames, kernel) input windows of a one-channel convolution with tap-major weight
-    (kernel, channels). Output channel c has mean w_c.m + b_c and variance w_c' S w_c, with m and
-    S the windows' mean and covariance (in float64), so normalising is a per-channel affine map.
-    """
-    windows = windows.double()
-    mean = windows.mean(0)
-    centered = windows - mean
-    covariance = centered.T @ centered / len(windows)
-    w, b = weight.double(), bias.double()
-    channel_mean = mean @ w + b
-    channel_var = ((covariance @ w) * w).sum(0)
-    scale = norm.weight.double() / torch.sqrt(channel_var + norm.eps)
-    return (w * scale).to(weight.dtype), ((b - channel_mean) * scale + norm.bias.double()).to(weight.dtype)
-
-
-def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """A dropout mask, True = keep, each element dropped with probability round(p * 2**16) / 2**16.
-
-    nn.Dropout draws one Bernoulli sample per element: about 8 ns each on this project's 2-core
-    CPU, 0.2 s of a base-model pretraining step. Here one 64-bit draw of the generator gives four
-    16-bit integers, each compared with a threshold: about 1.6 ns per element.
-    """
-    count = math.prod(shape)
-    draws = torch.randint(-2**63, 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
-    return draws.view(torch.int16)[:count].view(shape) >= round(p * 65536) - 32768
-
-
-class CpuDropout(torch.autograd.Function):
-    """x * mask / (1 - p), keeping the one-byte mask for backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = keep_mask(x.shape, p)
-        ctx.scale = 1 / (1 - round(p * 65536) / 65536)  # the rounded p: the mean stays exact
-        ctx.save_for_backward(keep)
-        return x.mul(keep).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        keep, = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout, with the cheaper mask of keep_mask on a CPU (a GPU's own kernel is fast)."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, True)
-    return CpuDropout.apply(x, p)
-
-
-class Dropout(nn.Module):
-    """nn.Dropout through `dropout`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return torch.stack([time_major_feature_encoder(self.conv_layers, w.contiguous(), self.block_frames)
+                            for w in waveform])
 
 
 class FeatureProjection(nn.Module):
@@ -493,38 +254,6 @@ class FeatureProjection(nn.Module):
         """Returns (projected, normalised): the quantizer of pretraining reads the normalised ones."""
         normalised = self.layer_norm(features)
         return self.dropout(self.projection(normalised)), normalised
-
-
-class GroupedConv(torch.autograd.Function):
-    """F.conv1d (stride 1, zero padding) whose input gradient is itself a forward convolution.
-
-    That gradient is the convolution of the output gradient with the kernel flipped in time and
-    transposed within each group. For the positional embedding's wide grouped kernel, oneDNN's
-    forward convolution computes it in half the time of its own backward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int,
-                groups: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.groups = padding, groups
-        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        out_channels, in_per_group, kernel = weight.shape
-        groups, padding = ctx.groups, ctx.padding
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            flipped = (weight.view(groups, out_channels // groups, in_per_group, kernel).transpose(1, 2)
-                       .reshape(in_per_group * groups, out_channels // groups, kernel).flip(-1))
-            grad_x = F.conv1d(grad, flipped, padding=kernel - 1 - padding, groups=groups)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, weight, [out_channels], [1], [padding], [1], False, [0], groups,
-                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        return grad_x, grad_weight, grad_bias, None, None
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -548,26 +277,13 @@ class PositionalConvEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, frames, hidden) -> (batch, frames, hidden)."""
         x = x.transpose(1, 2)
-        if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):  # else the module's own casts
+        if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not plain_ops():
             y = GroupedConv.apply(x, self.conv.weight, self.conv.bias, self.conv.padding[0], self.conv.groups)
         else:
             y = self.conv(x)
         if self.remove:
             y = y[:, :, : -self.remove]
         return self.activation(y).transpose(1, 2)
-
-
-def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
-                           p: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(head_dim)) v with dropout on the attention weights, written out.
-
-    With dropout a CPU's scaled_dot_product_attention falls back to these same steps; written
-    here they use `dropout`'s cheaper mask, which is most of the cost of this function.
-    """
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    if key_mask is not None:
-        scores.masked_fill_(~key_mask, float("-inf"))
-    return torch.matmul(dropout(scores.softmax(-1), p, True), v)
 
 
 class Attention(nn.Module):
@@ -711,20 +427,6 @@ class Wav2Vec2Model(nn.Module):
         return Wav2Vec2Output(context, features, normalised, mask)
 
 
-class ScaleGradient(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by `scale` backward (fairseq's GradMultiply):
-    the feature encoder learns ten times slower than the rest during pretraining."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
 def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
     """The initialisation of the paper's code (as fairseq and transformers do it): linear layers
     N(0, 0.02), convolutions He-normal, norms the identity. Modules with a special scheme (the
@@ -761,6 +463,7 @@ class Wav2Vec2ForCTC(nn.Module):
         self.config = config
         self.vocab = vocab
         self.preprocessing = preprocessing or Preprocessing()
+        self.precision = "fp32"  # what wav2vec2.precision.apply_precision made of it
         self.wav2vec2 = Wav2Vec2Model(config)
         self.dropout = Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
@@ -772,7 +475,7 @@ class Wav2Vec2ForCTC(nn.Module):
         """(batch, samples) -> CTC logits (batch, frames, vocab_size). The masks and the gradient
         multiplier are for fine-tuning (see Wav2Vec2Model.forward)."""
         context = self.wav2vec2(waveform, attention_mask, time_mask, feature_grad_mult, channel_mask).context
-        return self.lm_head(self.dropout(context))
+        return self.lm_head(self.dropout(context).to(self.lm_head.weight.dtype))  # bf16 context: float logits
 
     @property
     def device(self) -> torch.device:

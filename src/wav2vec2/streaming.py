@@ -12,6 +12,9 @@ thrown away if speech resumes), so the final is ready when the pause is confirme
 Only the audio that a future model pass needs is kept, so memory stays flat for hours of audio. A
 monologue longer than `max_phrase` is committed in pieces, each ending on a word boundary
 (preferably one inside a short pause); committed text is never taken back.
+
+With a beam-search decoder, finals come from the beam search (fed each window's fixed frames as
+they are fixed, so little is left to do when the pause is confirmed); partials stay greedy.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import soxr
 import torch
 
 from .audio import SAMPLE_RATE, to_mono
+from .beam import BeamDecoder, BeamSearch, BeamSettings, as_decoder
 from .decoding import Word, best_path, greedy_decode
 from .errors import AudioError, Wav2Vec2Error
 from .transcribe import Chunk, forward_chunks, num_frames
@@ -154,7 +158,9 @@ class _Phrase:
     ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # fixed, not committed
     probs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     pauses: list[tuple[int, int]] = field(default_factory=list)  # short silences inside the phrase
-    speculative: tuple[int, int, torch.Tensor, torch.Tensor] | None = None  # (chunks, end, ids, probs)
+    speculative: tuple | None = None  # (chunks, end, ids, probs, log-probs) of the last window
+    log_probs: np.ndarray | None = None  # with beam search: the fixed frames not committed
+    search: BeamSearch | None = None  # ... and the search they have been fed to
 
 
 class StreamingRecognizer:
@@ -162,12 +168,15 @@ class StreamingRecognizer:
 
     `sample_rate` is the rate of the blocks (resampled to 16 kHz as a stream); blocks may be
     (samples,) or (samples, channels), float or integer PCM. `vad` maps a 512-sample window of
-    16 kHz audio to a speech probability (default: Silero VAD).
+    16 kHz audio to a speech probability (default: Silero VAD). `decoder` (a BeamDecoder, or
+    BeamSettings to make one) decodes the finals with a beam search.
     """
 
     def __init__(self, model, config: StreamingConfig | None = None, sample_rate: int = SAMPLE_RATE,
-                 vad: Callable[[np.ndarray], float] | None = None):
+                 vad: Callable[[np.ndarray], float] | None = None,
+                 decoder: BeamDecoder | BeamSettings | None = None):
         self.model = model
+        self.decoder = as_decoder(decoder, model.vocab)
         self.config = config or StreamingConfig()
         self.config.validate()
         if not sample_rate > 0:
@@ -298,24 +307,26 @@ class StreamingRecognizer:
         return the frames after them of the last one run (for the partial), or None."""
         provisional = None
         while earliest_end > phrase.start + phrase.chunks * self._step + self._window:
-            ids, probs = self._run(phrase, phrase.start + phrase.chunks * self._step + self._window)
+            ids, probs, log_probs = self._run(phrase, phrase.start + phrase.chunks * self._step + self._window)
             keep = (self._window - self._side) // self._hop - (self._side // self._hop if phrase.chunks else 0)
             phrase.ids, phrase.probs = torch.cat([phrase.ids, ids[:keep]]), torch.cat([phrase.probs, probs[:keep]])
+            if self.decoder is not None:
+                self._fixed_log_probs(phrase, log_probs[:keep])
             provisional = ids[keep:], probs[keep:]
             phrase.chunks += 1
         return provisional
 
-    def _run(self, phrase: _Phrase, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best path of the frames of the model window that starts at the next unfixed one and ends at `stop`,
-        from the first frame not fixed by the window before."""
+    def _run(self, phrase: _Phrase, stop: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Best path (and log-probabilities) of the frames of the model window that starts at the next
+        unfixed one and ends at `stop`, from the first frame not fixed by the window before."""
         start = phrase.start + phrase.chunks * self._step
         audio = self._slice(start, stop)
         first = self._side // self._hop if phrase.chunks else 0
         last = max(first, num_frames(len(audio), self.model.config))
         if last == first:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0), np.zeros((0, len(self.model.vocab)), np.float32)
         (logits,) = forward_chunks(self.model, [Chunk(audio, first, last, True)])
-        return best_path(logits)
+        return (*best_path(logits), logits.log_softmax(-1).numpy())
 
     def _finish(self, end: int) -> list[Event]:
         """The phrase ends at sample `end`: compute its last window and give the final."""
@@ -325,11 +336,15 @@ class StreamingRecognizer:
             return []
         self._fix(phrase, end)
         if phrase.speculative is not None and phrase.speculative[:2] == (phrase.chunks, end):
-            ids, probs = phrase.speculative[2:]
+            ids, probs, log_probs = phrase.speculative[2:]
         else:
-            ids, probs = self._run(phrase, end)
-        ids, probs = torch.cat([phrase.ids, ids]), torch.cat([phrase.probs, probs])
-        decoded = self._decode(phrase, ids, probs)
+            ids, probs, log_probs = self._run(phrase, end)
+        if self.decoder is not None:
+            self._fixed_log_probs(phrase, log_probs)
+            decoded = phrase.search.finish()
+        else:
+            ids, probs = torch.cat([phrase.ids, ids]), torch.cat([phrase.probs, probs])
+            decoded = self._decode(phrase, ids, probs)
         return [Event("final", decoded.text, self._time(phrase), end / SAMPLE_RATE, decoded.words)]
 
     def _commit(self) -> list[Event]:
@@ -338,15 +353,28 @@ class StreamingRecognizer:
         frame_start = lambda frame: phrase.start + (phrase.committed + frame) * self._hop  # noqa: E731
         in_pause = [any(a <= frame_start(f) < b for a, b in phrase.pauses) for f in range(len(phrase.ids))]
         cut = choose_cut(phrase.ids.tolist(), self._delimiter, in_pause)
-        decoded = self._decode(phrase, phrase.ids[:cut], phrase.probs[:cut])
+        if self.decoder is not None:
+            decoded = self.decoder.decode(phrase.log_probs[:cut], self._hop / SAMPLE_RATE, self._time(phrase))
+        else:
+            decoded = self._decode(phrase, phrase.ids[:cut], phrase.probs[:cut])
         event = Event("final", decoded.text, self._time(phrase), frame_start(cut) / SAMPLE_RATE,
                       decoded.words, continued=True)
         phrase.ids, phrase.probs = phrase.ids[cut:], phrase.probs[cut:]
         phrase.committed += cut
+        if self.decoder is not None:  # the search starts again after the cut
+            rest, phrase.log_probs, phrase.search = phrase.log_probs[cut:], None, None
+            self._fixed_log_probs(phrase, rest)
         phrase.pauses = [(a, b) for a, b in phrase.pauses if b > frame_start(0)]
         return [event]
 
     # ------------------------------------------------------------------ helpers
+
+    def _fixed_log_probs(self, phrase: _Phrase, log_probs: np.ndarray) -> None:
+        """Feed frames that will not change to the phrase's beam search (and keep them for a cut)."""
+        if phrase.search is None:
+            phrase.search = self.decoder.stream(self._hop / SAMPLE_RATE, offset=self._time(phrase))
+        phrase.search.feed(log_probs)
+        phrase.log_probs = log_probs if phrase.log_probs is None else np.concatenate([phrase.log_probs, log_probs])
 
     def _decode(self, phrase: _Phrase, ids: torch.Tensor, probs: torch.Tensor):
         return greedy_decode(ids, probs, self.model.vocab, seconds_per_frame=self._hop / SAMPLE_RATE,

@@ -4,7 +4,8 @@ Audio is cut into chunks of `chunk_length` seconds that overlap by `stride` seco
 Frames computed near a chunk's edges lack context, so each chunk keeps only its middle frames;
 together the kept frames are exactly the frames of one pass over the whole recording (chunk
 boundaries fall on multiples of 320 samples, where frames are aligned). Audio is read as a
-stream and only per-frame best tokens are kept, so memory does not grow with the file's length.
+stream and only per-frame best tokens are kept (or, with a beam-search decoder, each chunk's
+frames are fed to the search as they come), so memory does not grow with the file's length.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, AudioFile, normalize, resample
-from .decoding import Word, best_path, greedy_decode
+from .beam import BeamDecoder, BeamSearch, BeamSettings, as_decoder
+from .decoding import Decoded, Word, best_path, greedy_decode
 from .errors import Wav2Vec2Error
 from .model import Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
 
@@ -109,11 +111,13 @@ class _Pending:
     chunks_done: int = 0
     ended: bool = False  # the last chunk has been cut
     error: Exception | None = None
+    search: BeamSearch | None = None  # with a beam-search decoder: instead of ids and probs
 
 
 def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
                     chunk_length: float = 20.0, stride: float = 2.0,
                     on_progress: Callable[[float], None] | None = None,
+                    decoder: BeamDecoder | BeamSettings | None = None,
                     ) -> Iterator[tuple[int, Transcription | Wav2Vec2Error]]:
     """Transcribe many files or 16 kHz arrays, yielding (index, Transcription or error) in input order.
 
@@ -121,8 +125,12 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
     several files share a batch. Batched chunks are padded with zeros to the longest, with an
     attention mask where the checkpoint uses one (as transformers does): with batch_size 1
     nothing is ever padded. A file that cannot be read gives an AudioError in its place and the
-    others go on. `on_progress` is called with the seconds of audio just transcribed.
+    others go on. `on_progress` is called with the seconds of audio just transcribed. `decoder`
+    (a wav2vec2.beam.BeamDecoder, or BeamSettings to make one) decodes with a beam search instead
+    of greedily.
     """
+    decoder = as_decoder(decoder, model.vocab)
+    seconds = model.config.samples_per_frame / SAMPLE_RATE
     opened: dict[int, AudioFile | np.ndarray] = {}
     pending: dict[int, _Pending] = {}
     for index, source in enumerate(sources):
@@ -145,9 +153,14 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
     def run_batch() -> None:
         for chunk, logits in zip(batch, forward_chunks(model, batch)):
             state = pending[chunk.source]
-            ids, probs = best_path(logits)
-            state.ids.append(ids)
-            state.probs.append(probs)
+            if decoder is not None:
+                if state.search is None:
+                    state.search = decoder.stream(seconds)
+                state.search.feed(logits.log_softmax(-1).numpy())
+            else:
+                ids, probs = best_path(logits)
+                state.ids.append(ids)
+                state.probs.append(probs)
             state.chunks_done += 1
             if on_progress:
                 on_progress(len(logits) * model.config.samples_per_frame / SAMPLE_RATE)
@@ -159,10 +172,12 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
         if state.error is not None:
             results[index] = state.error
             return
-        ids = torch.cat(state.ids) if state.ids else torch.zeros(0, dtype=torch.long)
-        probs = torch.cat(state.probs) if state.probs else torch.zeros(0)
-        seconds = model.config.samples_per_frame / SAMPLE_RATE
-        decoded = greedy_decode(ids, probs, model.vocab, seconds_per_frame=seconds)
+        if decoder is not None:
+            decoded = state.search.finish() if state.search is not None else Decoded("", [])
+        else:
+            ids = torch.cat(state.ids) if state.ids else torch.zeros(0, dtype=torch.long)
+            probs = torch.cat(state.probs) if state.probs else torch.zeros(0)
+            decoded = greedy_decode(ids, probs, model.vocab, seconds_per_frame=seconds)
         results[index] = Transcription(decoded.text, decoded.words, state.samples / SAMPLE_RATE, state.name)
 
     def release() -> Iterator[tuple[int, Transcription | Wav2Vec2Error]]:
@@ -227,10 +242,13 @@ def _count(blocks: Iterable[np.ndarray], state: _Pending) -> Iterator[np.ndarray
 
 
 def transcribe(model: Wav2Vec2ForCTC, audio: str | os.PathLike | np.ndarray, sample_rate: int = SAMPLE_RATE,
-               chunk_length: float = 20.0, stride: float = 2.0, batch_size: int = 1) -> Transcription:
+               chunk_length: float = 20.0, stride: float = 2.0, batch_size: int = 1,
+               decoder: BeamDecoder | BeamSettings | None = None) -> Transcription:
     """Transcribe one file, or one mono array at `sample_rate`, with word timings.
 
-    Raises AudioError for a file that cannot be read.
+    `decoder`: greedy (None), or beam search (a BeamDecoder, or BeamSettings to load one from;
+    make the BeamDecoder once to transcribe many files with the same LM). Raises AudioError for a
+    file that cannot be read.
     """
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
@@ -238,7 +256,7 @@ def transcribe(model: Wav2Vec2ForCTC, audio: str | os.PathLike | np.ndarray, sam
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError("audio must be a non-empty 1-D (mono) array")
         audio = resample(audio.astype(np.float32), sample_rate)
-    (_, result), = transcribe_many(model, [audio], batch_size, chunk_length, stride)
+    (_, result), = transcribe_many(model, [audio], batch_size, chunk_length, stride, decoder=decoder)
     if isinstance(result, Exception):
         raise result
     return result

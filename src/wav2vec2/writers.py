@@ -1,4 +1,4 @@
-"""Transcriptions as text, JSON, SubRip (.srt) and WebVTT (.vtt)."""
+"""Transcriptions as text, JSON, SubRip (.srt) and WebVTT (.vtt); timed words as Praat TextGrid and CTM."""
 
 from __future__ import annotations
 
@@ -49,3 +49,40 @@ def render(result: Transcription, fmt: str) -> str:
         text = " ".join(w.text for w in cue)
         blocks.append(f"{number}\n{times}\n{text}\n" if fmt == "srt" else f"{times}\n{text}\n")
     return "\n".join(blocks)
+
+
+def textgrid(tiers: list[tuple[str, list[tuple[float, float, str]]]], duration: float) -> str:
+    """Praat TextGrid (long text format): one interval tier per (name, [(start, end, text)]).
+
+    Praat wants each tier to cover 0 to the end without gaps, so gaps become empty intervals.
+    """
+    end = max([duration] + [interval[1] for _, intervals in tiers for interval in intervals])
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {end:.3f}",
+             "tiers? <exists>", f"size = {len(tiers)}", "item []:"]
+    for number, (name, intervals) in enumerate(tiers, start=1):
+        filled, time = [], 0.0
+        for start, stop, text in intervals:
+            start = max(start, time)
+            if start > time:
+                filled.append((time, start, ""))
+            if stop > start:
+                filled.append((start, stop, text))
+                time = stop
+        if time < end:
+            filled.append((time, end, ""))
+        lines += [f"    item [{number}]:", '        class = "IntervalTier"', f'        name = "{_praat(name)}"',
+                  "        xmin = 0", f"        xmax = {end:.3f}", f"        intervals: size = {len(filled)}"]
+        for index, (start, stop, text) in enumerate(filled, start=1):
+            lines += [f"        intervals [{index}]:", f"            xmin = {start:.3f}",
+                      f"            xmax = {stop:.3f}", f'            text = "{_praat(text)}"']
+    return "\n".join(lines) + "\n"
+
+
+def _praat(text: str) -> str:
+    return text.replace('"', '""')  # Praat doubles quotes inside strings
+
+
+def ctm(name: str, words: list[tuple[float, float, str, float]]) -> str:
+    """NIST CTM: `NAME 1 START DURATION WORD SCORE` per (start, end, word, score), channel 1."""
+    return "".join(f"{name} 1 {start:.3f} {end - start:.3f} {''.join(word.split())} {score:.4f}\n"
+                   for start, end, word, score in words)

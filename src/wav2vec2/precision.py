@@ -1,0 +1,165 @@
+"""Reduced precision for inference on a CPU: bfloat16 where the CPU multiplies it in hardware
+(AMX), int8 where int8 dot products make a model faster than in float32, float32 otherwise.
+
+`apply_precision(model, "auto" | "fp32" | "bf16" | "int8")` converts a loaded model in place.
+In both reduced precisions the first convolution of the feature encoder and its normalisation
+stay in float32 (the waveform's wide dynamic range; a GroupNorm folded into the weights), and
+so does the CTC head, whose logits feed the softmax of decoding.
+
+* int8: the matrix products of the six later convolutions and of the linear layers (feature
+  projection, attention projections, feed-forward) are int8 (kernels.py: per-frame activation
+  scales, per-channel weight scales, int32 sums); normalisation, activations, attention (its
+  softmax) and the positional convolution stay float32.
+* bf16: everything after the first convolution runs in bfloat16 (PyTorch's layer norm and
+  attention accumulate in float32 inside).
+
+tests/test_precision.py measures what this costs in accuracy (logits SQNR against float32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .kernels import (Int8FeedForward, Int8Linear, Int8TimeMajorConv, TimeMajorProduct, fold_group_norm,
+                      tap_major, time_major_conv)
+from .model import FeatureEncoder, Wav2Vec2ForCTC
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+# Where `auto` chooses int8: a CPU with int8 dot-product instructions, and a model wide enough
+# that its products outweigh quantizing and rescaling. Measured on one thread of an Intel Xeon
+# with AVX-512 VNNI and no AMX, whole forward passes against float32: base (768 wide, 30 s of
+# audio) 1.5-1.6x faster, large (1024, 10 s) 1.7-2.0x, a 256-wide model 0.93-0.96x (slower), and
+# the 32-wide "tiny" feed-forward block 3x slower. CPUs without VNNI are unmeasured: fp32.
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+INT8_MIN_WIDTH = 512
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (`lscpu`; "Features" on ARM); empty elsewhere."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
+    """Raise ValueError for an unknown precision, or a reduced one asked of a GPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision in ("bf16", "int8") and torch.device(device).type != "cpu":
+        raise ValueError(f"precision {precision} is for CPUs; on {device} use fp32")
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu", flags: frozenset[str] | None = None,
+                      hidden_size: int = 768) -> str:
+    """The precision to run at. `auto` becomes bf16 on a CPU with AMX (amx_bf16); int8 on a CPU
+    with int8 dot products (INT8_FLAGS) for a model at least INT8_MIN_WIDTH wide; else fp32, and
+    fp32 on GPUs. `flags` are the CPU's (cpu_flags() by default)."""
+    check_precision(precision, device)
+    if precision != "auto":
+        return precision
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "bf16"
+    if flags & INT8_FLAGS and hidden_size >= INT8_MIN_WIDTH:
+        return "int8"
+    return "fp32"
+
+
+class LowPrecisionFeatureEncoder(FeatureEncoder):
+    """The feature encoder for inference in bf16 or int8: the first convolution in float32 (with
+    its GroupNorm folded, as in kernels.time_major_feature_encoder), every later convolution a
+    product module (kernels.TimeMajorProduct or kernels.Int8TimeMajorConv) in time-major layout.
+    Holds the same ConvLayers (the same parameters, state dict and names) as the encoder it
+    replaces.
+
+    All seven convolutions run for `output_frames` output frames at a time, each layer on just
+    the frames that the block needs (neighbouring blocks share kernel - stride frames per layer,
+    computed twice): the intermediate signals are then a few MB that the allocator reuses from
+    block to block, instead of hundreds of MB of fresh memory, whose first touch costs more
+    than the int8 products themselves on some machines.
+    """
+
+    output_frames = 32
+
+    def __init__(self, encoder: FeatureEncoder, products: list[nn.Module]):
+        nn.Module.__init__(self)
+        self.conv_layers = encoder.conv_layers
+        self.products = nn.ModuleList(products)  # one per convolution after the first
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.encode(w.contiguous()) for w in waveform])
+
+    def encode(self, waveform: torch.Tensor) -> torch.Tensor:
+        first = self.conv_layers[0]
+        shapes = [(layer.conv.kernel_size[0], layer.conv.stride[0]) for layer in self.conv_layers]
+        frames = len(waveform)
+        for kernel, stride in shapes:
+            frames = (frames - kernel) // stride + 1
+        if frames < 1:
+            raise ValueError(f"{len(waveform)} samples are too few for one output frame")
+        weight0, bias0 = (t.detach() for t in tap_major(first.conv))
+        if first.norm == "group":
+            weight0, bias0 = fold_group_norm(waveform.unfold(0, *shapes[0]), weight0, bias0, first.layer_norm)
+        out = None
+        for start in range(0, frames, self.output_frames):
+            count = min(self.output_frames, frames - start)
+            low, high = start, start + count  # the frames of each layer's output that the block needs,
+            for kernel, stride in reversed(shapes):  # from the last layer back to the waveform
+                low, high = low * stride, (high - 1) * stride + kernel
+            x = first.finish(time_major_conv(waveform[low:high, None], weight0, bias0, shapes[0][1]))
+            for layer, product in zip(self.conv_layers[1:], self.products):
+                x = product(x, layer.finish)
+            if out is None:
+                out = x.new_empty(frames, x.shape[1])
+            out[start:start + count] = x
+        return out
+
+
+def int8_feature_encoder(encoder: FeatureEncoder) -> LowPrecisionFeatureEncoder:
+    return LowPrecisionFeatureEncoder(encoder, [Int8TimeMajorConv(layer.conv) for layer in encoder.conv_layers[1:]])
+
+
+def int8_encoder_layer(layer: nn.Module) -> nn.Module:
+    """A Transformer layer (model.EncoderLayer) with int8 products, converted in place."""
+    layer.attention.in_proj = Int8Linear.from_linear(layer.attention.in_proj)
+    layer.attention.out_proj = Int8Linear.from_linear(layer.attention.out_proj)
+    layer.feed_forward = Int8FeedForward(layer.feed_forward)
+    return layer
+
+
+def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2ForCTC:
+    """Convert a float32 model, for inference, to `precision` (resolved as resolve_precision
+    does), in place; the model's `precision` attribute says which it got.
+    int8 keeps the float weights beside their int8 copies (the state dict is unchanged, saving
+    writes float32); bf16 converts them (saving writes bf16, which loading casts back)."""
+    current = model.precision
+    precision = resolve_precision(precision, model.device, hidden_size=model.config.hidden_size)
+    if precision == current:
+        return model
+    if current != "fp32":
+        raise ValueError(f"the model already runs in {current}; load it again for {precision}")
+    body = model.wav2vec2
+    encoder = body.feature_encoder
+    if len(encoder.conv_layers) < 2:
+        raise ValueError(f"precision {precision} needs a feature encoder of at least two convolutions")
+    if precision == "bf16":
+        products = [TimeMajorProduct(layer.conv, torch.bfloat16) for layer in encoder.conv_layers[1:]]
+        body.feature_encoder = LowPrecisionFeatureEncoder(encoder, products)
+        body.feature_projection.to(torch.bfloat16)
+        body.encoder.to(torch.bfloat16)
+    else:
+        body.feature_encoder = int8_feature_encoder(encoder)
+        body.feature_projection.projection = Int8Linear.from_linear(body.feature_projection.projection)
+        for layer in body.encoder.layers:
+            int8_encoder_layer(layer)
+    model.precision = precision
+    return model
