@@ -269,7 +269,7 @@ def viterbi_windowed(emissions: np.ndarray, columns: np.ndarray, beam: float = 1
         return s
 
     def commit(t: int, s: int) -> None:
-        nonlocal first, los, backs
+        nonlocal first
         for u in range(t, first - 1, -1):
             path[u] = s
             if u > 0:
