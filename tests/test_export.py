@@ -16,6 +16,7 @@ from wav2vec2.cli import main
 from wav2vec2.errors import Wav2Vec2Error
 from wav2vec2.export import export_onnx
 from wav2vec2.model import frame_lengths
+from .test_model import batch_with_padding
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -31,16 +32,6 @@ def run_graph(path, waveform: torch.Tensor, mask: torch.Tensor | None) -> torch.
     return torch.from_numpy(session.run(["logits"], feeds)[0])
 
 
-def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    waveform = torch.zeros(len(lengths), max(lengths))
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, length in enumerate(lengths):
-        waveform[i, :length] = torch.randn(length, generator=generator)
-        mask[i, :length] = 1
-    return waveform, mask
-
-
 @pytest.mark.parametrize("family", ["base", "lv60"])
 def test_onnxruntime_gives_our_logits(checkpoints, family, tmp_path):
     model = wav2vec2.load_model(checkpoints[family])
@@ -49,7 +40,7 @@ def test_onnxruntime_gives_our_logits(checkpoints, family, tmp_path):
     names = [node.name for node in session.get_inputs()]
     assert names == (["waveform", "attention_mask"] if family == "lv60" else ["waveform"])
     for lengths in ([5_000], [30_001], [8_000, 12_345, 20_000]):  # traced with 2 x 16000
-        waveform, mask = padded_batch(lengths)
+        waveform, mask = batch_with_padding(lengths)
         mask = mask if family == "lv60" else None
         with torch.inference_mode():
             expected = model(waveform, mask)
@@ -70,7 +61,7 @@ def test_int8_export_runs_and_stays_close(checkpoints, family, tmp_path):
     int8 = export_onnx(model, tmp_path / "int8.onnx", precision="int8")
     graph = onnx.load(str(int8))
     assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.graph.node)
-    waveform, mask = padded_batch([16_000, 11_000], seed=1)
+    waveform, mask = batch_with_padding([16_000, 11_000], seed=1)
     mask = mask if family == "lv60" else None
     with torch.inference_mode():
         expected = model(waveform, mask)

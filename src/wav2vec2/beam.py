@@ -40,7 +40,7 @@ import numpy as np
 
 from .decoding import Decoded, words_from_characters
 from .errors import DataError, LanguageModelError
-from .lm import LanguageModel, LMState, load_lm
+from .lm import LanguageModel, LMState, load_lm, text_file_error
 from .vocab import Vocabulary, normalize_text
 
 NEG = -np.inf
@@ -100,12 +100,8 @@ def read_lexicon(path: str | os.PathLike) -> list[tuple[int, str, list[str]]]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LanguageModelError(f"{path}: no such lexicon file") from None
-    except UnicodeDecodeError as error:
-        raise LanguageModelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise LanguageModelError(f"{path}: {error.strerror or error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise text_file_error(path, "lexicon", error) from None
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()

@@ -19,6 +19,14 @@ PRECISION_HELP = ("auto (bf16 on CPUs with AMX, int8 on other CPUs where it meas
                   "fp32, bf16 or int8 (these two on CPUs only)")
 
 
+def check_device(device: str) -> None:
+    """--device cuda where PyTorch sees no GPU: an error before anything is loaded."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Wav2Vec2Error("--device cuda: no CUDA device is available (use --device cpu)")
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"wav2vec2: error: {message}", file=sys.stderr)
     return code
@@ -52,8 +60,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     from .transcribe import transcribe_many
     from .writers import render
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     make_decoder = beam_decoder(args)
@@ -232,8 +239,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from .evaluate import check_labelled, evaluate, write_report
     from .manifest import load_data
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     entries = load_data(args.manifest)
@@ -310,8 +316,7 @@ def align_command(args: argparse.Namespace) -> int:
     from .audio import AudioFile
     from .checkpoints import load_model
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(args.device)
     transcript = read_transcript(args.transcript)
     AudioFile(args.audio)  # a missing or unreadable file fails before the model loads
     if args.threads:
@@ -356,8 +361,7 @@ def lm_tune_command(args: argparse.Namespace) -> int:
     from .evaluate import check_labelled, tune
     from .manifest import load_data
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     entries = load_data(args.manifest)
@@ -390,8 +394,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from .checkpoints import load_model
     from .server import ServerSettings, SpeechServer, bind, run
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(args.device)
     api_key = args.api_key if args.api_key is not None else os.environ.get("WAV2VEC2_API_KEY") or None
     settings = ServerSettings(model_name=str(args.model), max_streams=args.max_streams, api_key=api_key,
                               max_upload=round(args.max_upload_mb * 2**20), max_message=round(args.max_message_kb * 1024),

@@ -331,10 +331,15 @@ def read_sentences(paths: Iterable[str | os.PathLike], vocab: Vocabulary | None 
                         dropped += 1
                     elif text:
                         sentences.append(text)
-        except FileNotFoundError:
-            raise LanguageModelError(f"{path}: no such text file") from None
-        except UnicodeDecodeError as error:
-            raise LanguageModelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-        except OSError as error:
-            raise LanguageModelError(f"{path}: {error.strerror or error}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise text_file_error(path, "text", error) from None
     return sentences, dropped
+
+
+def text_file_error(path: str | os.PathLike, kind: str, error: OSError | UnicodeDecodeError) -> LanguageModelError:
+    """The one-line error for a text file (of `kind`: "text", "lexicon") that could not be read."""
+    if isinstance(error, FileNotFoundError):
+        return LanguageModelError(f"{path}: no such {kind} file")
+    if isinstance(error, UnicodeDecodeError):
+        return LanguageModelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})")
+    return LanguageModelError(f"{path}: {error.strerror or error}")

@@ -163,7 +163,7 @@ def transcribe_many(model: Wav2Vec2ForCTC, sources: list, batch_size: int = 1,
                 state.probs.append(probs)
             state.chunks_done += 1
             if on_progress:
-                on_progress(len(logits) * model.config.samples_per_frame / SAMPLE_RATE)
+                on_progress(len(logits) * seconds)
         batch.clear()
         release_freed_memory()
 
