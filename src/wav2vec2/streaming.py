@@ -316,17 +316,19 @@ class StreamingRecognizer:
             phrase.chunks += 1
         return provisional
 
-    def _run(self, phrase: _Phrase, stop: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Best path (and log-probabilities) of the frames of the model window that starts at the next
-        unfixed one and ends at `stop`, from the first frame not fixed by the window before."""
+    def _run(self, phrase: _Phrase, stop: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """Best path (and, for a beam search, log-probabilities) of the frames of the model window that
+        starts at the next unfixed one and ends at `stop`, from the first frame not fixed by the window
+        before."""
         start = phrase.start + phrase.chunks * self._step
         audio = self._slice(start, stop)
         first = self._side // self._hop if phrase.chunks else 0
         last = max(first, num_frames(len(audio), self.model.config))
         if last == first:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0), np.zeros((0, len(self.model.vocab)), np.float32)
-        (logits,) = forward_chunks(self.model, [Chunk(audio, first, last, True)])
-        return (*best_path(logits), logits.log_softmax(-1).numpy())
+            logits = torch.zeros(0, len(self.model.vocab))
+        else:
+            (logits,) = forward_chunks(self.model, [Chunk(audio, first, last, True)])
+        return (*best_path(logits), None if self.decoder is None else logits.log_softmax(-1).numpy())
 
     def _finish(self, end: int) -> list[Event]:
         """The phrase ends at sample `end`: compute its last window and give the final."""
