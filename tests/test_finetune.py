@@ -18,7 +18,8 @@ import transformers
 import wav2vec2
 from wav2vec2.evaluate import evaluate
 from wav2vec2.manifest import read_manifest
-from wav2vec2.train.finetune import FinetuneSettings, alignable, finetune
+from wav2vec2.train.finetune import FinetuneSettings, alignable, build_model, finetune
+from wav2vec2.train.loop import tri_stage
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
 
 from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus, write_spelled_corpus
@@ -114,6 +115,47 @@ def test_fine_tuned_checkpoint_loads_in_transformers(pretrained, spelled, tmp_pa
     pretrained_model = wav2vec2.checkpoints.load_pretrained(pretrained)
     frozen = pretrained_model.wav2vec2.feature_encoder.conv_layers[0].conv.weight
     assert torch.equal(ours.wav2vec2.feature_encoder.conv_layers[0].conv.weight, frozen)
+
+
+def test_the_frozen_phase_moves_only_the_head_and_each_part_follows_its_learning_rate(pretrained, spelled,
+                                                                                     tmp_path):
+    # Oracle: AdamW's first update moves a parameter by lr * |g| / (|g| + eps): the learning rate itself where
+    # the gradient is far above eps (1e-6), less where it is not.
+    settings = FinetuneSettings(init=str(pretrained), train=str(spelled), out=str(tmp_path), max_steps=2,
+                                freeze_steps=1, lr=1e-4, head_lr=1e-2, save_every=1, keep_checkpoints=2,
+                                mask_time_prob=0.0, mask_feature_prob=0.0, layerdrop=0.0, max_batch_seconds=6)
+    torch.manual_seed(settings.seed)
+    initial = build_model(settings, read_manifest(spelled)).state_dict()
+    finetune(settings)
+    after = [torch.load(tmp_path / "checkpoints" / f"step-{n:07d}.pt", weights_only=True)["model"] for n in (1, 2)]
+    factors = [tri_stage(step, 2) for step in (0, 1)]
+
+    def moves(state: dict, before: dict, name: str) -> torch.Tensor:
+        change = (state[name] - before[name]).abs()
+        return change[change > 0]
+
+    body = [n for n in initial if n.startswith("wav2vec2.encoder.") and n.endswith("weight")]
+    assert all(torch.equal(after[0][n], initial[n]) for n in body)  # step 1: frozen
+    assert moves(after[0], initial, "lm_head.weight").median() == pytest.approx(1e-2 * factors[0], rel=1e-3)
+    for name in body:  # step 2: the body's first update
+        assert moves(after[1], after[0], name).max() == pytest.approx(1e-4 * factors[1], rel=1e-2), name
+    assert torch.equal(after[1]["wav2vec2.feature_encoder.conv_layers.0.conv.weight"],
+                       initial["wav2vec2.feature_encoder.conv_layers.0.conv.weight"])
+
+
+def test_bf16_training_on_cpu_follows_fp32_with_float32_weights(spelled, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        final = finetune(FinetuneSettings(init="tiny", train=str(spelled), out=str(out), max_steps=6, lr=3e-3,
+                                          log_every=1, mask_time_prob=0.0, mask_feature_prob=0.0,
+                                          max_batch_seconds=20, precision=precision, train_feature_encoder=True))
+        start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+        assert start["precision"] == precision
+        assert {p.dtype for p in wav2vec2.load_model(final).parameters()} == {torch.float32}
+        runs[precision] = np.array([r["loss"] for r in records(out)])
+    assert not np.array_equal(runs["bf16"], runs["fp32"])  # autocast took effect...
+    np.testing.assert_allclose(runs["bf16"], runs["fp32"], rtol=0.02)  # ...and trains the same model
 
 
 def test_resume_after_kill_repeats_the_uninterrupted_run(spelled, tmp_path):

@@ -21,7 +21,7 @@ from wav2vec2.errors import CheckpointError
 from wav2vec2.model import PRESETS, frame_lengths, preset_config
 from wav2vec2.pretraining import sample_distractors, span_mask
 from wav2vec2.train import loop
-from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices
+from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices, temperature_at
 
 from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus
 
@@ -55,7 +55,7 @@ def cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_a_tiny_model_learns_the_contrastive_task(corpus, tmp_path):
     negatives = 20
     pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), config="tiny", max_steps=400, lr=3e-3,
-                              warmup_steps=10, num_negatives=negatives, max_batch_seconds=8, max_seconds=2,
+                              warmup=0.025, num_negatives=negatives, max_batch_seconds=8, max_seconds=2,
                               log_every=25, save_every=1000))
     log = records(tmp_path)
     first, last = log[0], log[-1]
@@ -85,6 +85,37 @@ def test_final_checkpoint_loads_in_transformers_with_the_same_loss(corpus, tmp_p
     assert actual.contrastive_loss.item() * masked == pytest.approx(expected.contrastive_loss.item(), rel=1e-4)
     assert actual.perplexity.item() == pytest.approx(expected.codevector_perplexity.item(), rel=1e-4)
     assert (tmp_path / "checkpoints" / "step-0000003.pt").is_file()
+
+
+def test_schedules_follow_the_length_of_the_run_and_the_log_says_which(corpus, tmp_path):
+    pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=4, log_every=1, num_negatives=5,
+                              max_seconds=2, warmup=0.5, gumbel_anneal=0.5, diversity_weight=0.5))
+    start = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    log = records(tmp_path)
+    # 2 warm-up updates, then linear decay to 0 at update 4; tau = 2 * (0.5/2)**(t/2) for t < 2, then 0.5
+    assert [r["lr"] for r in log] == pytest.approx([5e-4 * f for f in (1 / 2, 1, 1, 1 / 2)])
+    assert [r["temperature"] for r in log] == pytest.approx([2.0, 1.0, 0.5, 0.5])
+    assert start["schedules"]["temperature"] == "2 * (0.5/2)**(step/2) until update 2, then 0.5"
+    assert "over 2 updates" in start["schedules"]["lr"]
+    for record in log:  # one batch per interval: its perplexity is the sum of the groups'
+        assert sum(record["group_perplexity"]) == pytest.approx(record["perplexity"], rel=1e-5)
+        assert 0 < record["codes_used"] <= 1
+        terms = record["contrastive_loss"] + 0.5 * record["diversity_loss"] + 10 * record["feature_penalty"]
+        assert record["loss"] == pytest.approx(terms, rel=1e-5)  # --diversity-weight 0.5, not the config's 0.1
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["diversity_loss_weight"] == 0.5
+    paper = PretrainSettings(data="", out="", max_steps=4, gumbel_decay=0.9)  # the per-update factor instead
+    assert [temperature_at(step, paper) for step in range(3)] == pytest.approx([2.0, 1.8, 1.62])
+
+
+def test_a_run_stuck_at_chance_warns_once_in_one_line(corpus, tmp_path):
+    result = cli("pretrain", "--data", corpus, "--out", tmp_path, "--max-steps", 60, "--log-every", 5, "--lr", 0,
+                 "--num-negatives", 5, "--max-seconds", 2, "--max-batch-seconds", 2)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("wav2vec2: warning: update ") and "chance" in lines[0], lines
+    bad = cli("pretrain", "--data", corpus, "--out", tmp_path / "bad", "--warmup", 2)
+    assert bad.returncode == 2 and bad.stderr.strip() == ("wav2vec2: error: --warmup is a share of --max-steps, "
+                                                          "from 0 to 1, not 2.0")
 
 
 def test_cross_utterance_distractors(corpus, tmp_path):
@@ -143,6 +174,8 @@ def test_two_processes_compute_the_loss_of_one_on_the_union(corpus, quiet_config
     for key in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["masked_steps"] == one["masked_steps"]  # counted over both processes
+    assert two["group_perplexity"] == pytest.approx(one["group_perplexity"], rel=1e-5)
+    assert two["codes_used"] == one["codes_used"]
 
 
 def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path):
@@ -199,3 +232,20 @@ def test_plot_draws_the_curves(corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     png = tmp_path / "curves.png"
     assert result.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_code_usage_beside_loss_and_accuracy(corpus, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from wav2vec2.plot import plot_run
+
+    pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=2, log_every=1, num_negatives=5,
+                              max_seconds=2))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at
+    assert plot_run(tmp_path).is_file()
+    axes = [axis for axis in figures[0].axes if axis.get_visible()]
+    titles = [axis.get_title() for axis in axes]
+    assert titles[:6] == ["loss", "contrastive loss", "contrastive accuracy", "code perplexity",
+                          "code perplexity per group", "share of codes used"]
+    assert len(axes[4].get_lines()) == 2  # one line per codebook group

@@ -13,7 +13,7 @@ from wav2vec2.checkpoints import from_hf_keys, load_state
 from wav2vec2.model import Wav2Vec2Config, frame_lengths
 from wav2vec2.pretraining import (Wav2Vec2ForPreTraining, contrastive_logits, contrastive_loss,
                                   diversity_loss, feature_penalty, sample_distractors, span_mask)
-from wav2vec2.quantizer import GumbelVectorQuantizer, code_perplexity, gumbel_temperature
+from wav2vec2.quantizer import GumbelVectorQuantizer, annealed_temperature, code_perplexity, gumbel_temperature
 
 from .conftest import FAMILIES, SMALL
 
@@ -108,6 +108,15 @@ def test_gumbel_quantizer_is_hard_forward_soft_backward():
     assert features.grad.abs().sum() > 0  # the soft path carries a gradient
     assert gumbel_temperature(0) == 2.0 and gumbel_temperature(10**7) == 0.5
     assert gumbel_temperature(1000) == pytest.approx(2 * 0.999995**1000)
+
+
+def test_annealed_temperature_reaches_its_end_at_the_given_update_and_stays():
+    # tau(t) = start * exp(t / T * ln(end / start)): halfway from 2 to 0.5 in log space is 1
+    assert annealed_temperature(0, 300, 2.0, 0.5) == 2.0
+    assert annealed_temperature(150, 300, 2.0, 0.5) == pytest.approx(1.0)
+    assert annealed_temperature(100, 300, 2.0, 0.5) == pytest.approx(2.0 * math.exp(math.log(0.25) / 3))
+    assert annealed_temperature(300, 300, 2.0, 0.5) == annealed_temperature(10**6, 300, 2.0, 0.5) == 0.5
+    assert annealed_temperature(0, 0, 2.0, 0.5) == 0.5  # no annealing: the end temperature throughout
 
 
 # ---- parity with transformers.Wav2Vec2ForPreTraining -----------------------------------------

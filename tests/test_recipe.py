@@ -120,16 +120,22 @@ def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, t
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr
     pretraining = [json.loads(line) for line in (tmp_path / "pretrain" / "log.jsonl").read_text().splitlines()]
-    assert pretraining[-1]["step"] == 20  # 1 % of 2,000 updates
+    assert pretraining[-1]["step"] == 30  # 1 % of 3,000 updates
+    hours = [r["audio_hours"] for r in pretraining if "audio_hours" in r]
+    assert hours == sorted(hours) and hours[0] > 0
+    assert sorted(p.name for p in (tmp_path / "pretrain" / "models").iterdir()) == [
+        "step-0000010", "step-0000020", "step-0000030"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(results) == ["pretrained_train_10min", "pretrained_train_1h", "scratch_train_10min",
-                               "scratch_train_1h"]
+    pretrained = [f"pretrained{step}_{labels}" for step in (10, 20, 30) for labels in ("train_10min", "train_1h")]
+    assert sorted(results) == sorted([*pretrained, "probe_pretrained_train_1h", "probe_random_train_1h",
+                                      "scratch_train_10min", "scratch_train_1h"])
     for scores in results.values():
         for test in ("test", "test_voices"):
             assert 0 <= scores[test]["cer"] <= 1.5 and scores[test]["wer"] >= 0
-    table = [line for line in first.stdout.splitlines() if line.startswith("| scratch") or line.startswith("| pre")]
-    assert len(table) == 4
+    table = [line for line in first.stdout.splitlines() if line.startswith(("| scratch", "| pre", "| probe"))]
+    assert len(table) == 10
+    assert "- Probe: frozen pretrained features give test CER" in first.stdout
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("(already there)") == 5
+    assert second.stdout.count("(already there)") == 11
     assert [line for line in second.stdout.splitlines() if line in table] == table

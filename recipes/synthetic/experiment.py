@@ -1,20 +1,24 @@
-"""Does pretraining help when labels are few? The wav2vec 2.0 experiment at a CPU's scale.
+"""Does pretraining help when labels are few, and from how much audio on? The wav2vec 2.0
+experiment at a CPU's scale.
 
-One small model (recipes/synthetic/model.json) is pretrained on the unlabelled set, then
-fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same model is fine-tuned
-from random initialisation (feature encoder included) on the same labels with the same number of
-updates and the same settings. Every model is scored on both test sets (held-out sentences;
-held-out voices) with greedy decoding, and the table goes to OUT/RESULTS.md.
+One small model (recipes/synthetic/model.json) is pretrained on the unlabelled set, keeping a
+model at three points of the run (a third, two thirds and all of it, reported in hours of audio
+seen). Each of them is fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same
+model is fine-tuned from random initialisation (feature encoder included) on the same labels with
+the same number of updates. A probe asks what the features alone are worth: a CTC head trained
+on the frozen features of the final pretrained model, against the same head on the frozen features
+of the random initialisation (1-hour labels). Every model is scored on both test sets (held-out
+sentences; held-out voices) with greedy decoding, and the table goes to OUT/RESULTS.md.
 
     python recipes/synthetic/experiment.py --data data/synthetic --out runs/synthetic [--budget 1.0]
 
 Each run is one `wav2vec2` command (written to the table as it was run) in a subprocess with its
 own log. On a CPU the runs go in two lanes of one thread each, which does more work than one lane
-of two threads for a model this small: the pretraining beside the two from-scratch runs, then the
-fine-tunings of the pretrained model. On a GPU (used when present) they run one after another.
+of two threads for a model this small: the pretraining beside the runs that do not need it, then
+the fine-tunings of the pretrained models. On a GPU (used when present) they run one after another.
 A run whose final/ exists is not run again and an interrupted one resumes from its last
 checkpoint, so the command can be repeated after a crash. `--budget` scales every run's number of
-updates (1.0: 51 minutes on 2 CPU cores, measured).
+updates.
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODEL_CONFIG = HERE / "model.json"
-PRETRAIN_STEPS = 2000
+PRETRAIN_STEPS = 3000
+SNAPSHOTS = 3  # pretrained models kept: after a third, two thirds and all of the pretraining
 FINETUNE_UPDATES = 1000
 TEST_SETS = {"test": "held-out sentences", "test_voices": "held-out voices"}
 LABELS = {"train_10min": "10 min", "train_1h": "1 h"}
-FINETUNED = ["scratch_train_10min", "pretrained_train_10min", "scratch_train_1h",
-             "pretrained_train_1h"]  # the rows of the table, in order
 
 
 @dataclass
@@ -54,36 +57,49 @@ class Run:
 
 def plan(data: Path, out: Path, budget: float, device: str, seed: int) -> list[list[Run]]:
     """The runs, in lanes: each lane runs its runs in order, waiting for their `after` runs."""
-    steps = max(10, round(PRETRAIN_STEPS * budget))
+    steps = SNAPSHOTS * max(10, round(PRETRAIN_STEPS * budget / SNAPSHOTS))
     updates = max(10, round(FINETUNE_UPDATES * budget))
-    # the Gumbel temperature falls from 2 to its floor of 0.5 over the run, as over the paper's 400k updates
-    decay = 0.25 ** (1 / steps)
     common = ["--device", device, "--seed", str(seed)]
     config = os.path.relpath(MODEL_CONFIG)  # as a reader would type it, from the repository
     pretrain = Run("pretrain", ["pretrain", "--data", str(data / "pretrain.tsv"), "--config", config,
-                                "--out", str(out / "pretrain"), "--max-steps", str(steps),
-                                "--gumbel-decay", f"{decay:.8f}", "--lr", "1e-3", "--normalize", "--mask-length", "5",
-                                "--max-batch-seconds", "20",
-                                "--log-every", "25", "--save-every", "250", *common])
+                                "--out", str(out / "pretrain"), "--max-steps", str(steps), "--lr", "1e-3",
+                                "--normalize", "--mask-length", "5", "--max-batch-seconds", "20",
+                                "--models-every", str(steps // SNAPSHOTS), "--log-every", "25",
+                                "--save-every", "250", *common])
 
-    def finetune(name: str, init: str, labels: str, updates: int, *extra: str, after: tuple[str, ...] = ()) -> Run:
+    def finetune(name: str, init: str, labels: str, *extra: str, lr: str = "5e-4", after: tuple[str, ...] = ()) -> Run:
         return Run(name, ["finetune", "--init", init, "--train", str(data / f"{labels}.tsv"),
                           "--dev", str(data / "dev.tsv"), "--out", str(out / name), "--max-steps", str(updates),
-                          "--lr", "5e-4", "--max-batch-seconds", "16", "--mask-time-prob", "0.3", "--best-metric", "cer",
+                          "--lr", lr, "--max-batch-seconds", "16", "--mask-time-prob", "0.3", "--best-metric", "cer",
                           "--eval-every", str(max(1, updates // 5)), "--save-every", str(max(1, updates // 5)),
                           "--log-every", "25", *extra, *common], list(after))
 
-    pretrained = str(out / "pretrain" / "final")
-    scratch = [finetune(f"scratch_{labels}", config, labels, updates, "--train-feature-encoder")
-               for labels in ("train_10min", "train_1h")]
+    scratch = [finetune(f"scratch_{labels}", config, labels, "--train-feature-encoder") for labels in LABELS]
     # A pretrained Transformer is kept frozen for the first half of the updates while the new head
     # learns, as in the paper: without it the head's first large gradients undo the pretraining.
     freeze = ("--freeze-steps", str(updates // 2))
-    finetuned = [finetune(f"pretrained_{labels}", pretrained, labels, updates, *freeze, after=("pretrain",))
-                 for labels in ("train_10min", "train_1h")]
+    finetuned = [finetune(f"pretrained{step}_{labels}", str(out / "pretrain" / "models" / f"step-{step:07d}"),
+                          labels, *freeze, after=("pretrain",))
+                 for step in snapshot_steps(steps) for labels in LABELS]
+    # The probes: the whole encoder frozen for the whole run, so only the head learns.
+    probe = ("--freeze-steps", str(updates))
+    probes = [finetune("probe_random_train_1h", config, "train_1h", *probe, lr="2e-3"),
+              finetune("probe_pretrained_train_1h", str(out / "pretrain" / "final"), "train_1h", *probe, lr="2e-3",
+                       after=("pretrain",))]
     if device == "cuda":
-        return [[pretrain, *scratch, *finetuned]]
-    return [[pretrain, finetuned[0]], [*scratch, finetuned[1]]]
+        return [[pretrain, *scratch, probes[0], *finetuned, probes[1]]]
+    later = [*finetuned, probes[1]]
+    return [[pretrain, *later[1::2]], [*scratch, probes[0], *later[::2]]]
+
+
+def snapshot_steps(steps: int) -> list[int]:
+    return [steps // SNAPSHOTS * k for k in range(1, SNAPSHOTS + 1)]
+
+
+def hours_seen(out: Path) -> dict[int, float]:
+    """Hours of audio the pretraining had trained on at each logged step."""
+    records = [json.loads(line) for line in (out / "pretrain" / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["audio_hours"] for r in records if "audio_hours" in r}
 
 
 def execute(run: Run, out: Path, threads: int) -> None:
@@ -170,29 +186,58 @@ def hardware(device: str) -> str:
     return f"{os.cpu_count()} × {model}, torch {torch.__version__}"
 
 
+def describe(name: str, hours: dict[int, float]) -> str:
+    """The init column of a run's row."""
+    if name.startswith("probe_"):
+        return f"probe: head on frozen {name.split('_')[1]} features"
+    if name.startswith("scratch"):
+        return "scratch"
+    step = int(name.split("_")[0].removeprefix("pretrained"))
+    return f"pretrained, {hours.get(step, float('nan')):.1f} h seen (update {step})"
+
+
 def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_threads: int, wall: float,
            command: str) -> str:
-    runs = {run.name: run for lane in lanes for run in lane}
+    runs = {run.name: run for lane in lanes for run in lane if run.name != "pretrain"}
+    hours = hours_seen(out)
     lines = ["| init | labels | updates | dev CER | " + " | ".join(
         f"{test} WER | {test} CER" for test in TEST_SETS) + " |",
              "|---|---|---|---|" + "---|---|" * len(TEST_SETS)]
     results = {}
-    for name in (name for name in FINETUNED if name in runs):
-        init, labels = name.split("_", 1)
+    for name in sorted(runs, key=lambda n: (n.startswith("probe"), n.endswith("1h"), n)):
+        labels = name[name.index("train_"):]
         arguments = runs[name].arguments
         updates = arguments[arguments.index("--max-steps") + 1]
         scores = {test: score(out, data, name, test, device, os.cpu_count() or 1) for test in TEST_SETS}
         dev = best_dev(out, name)
         results[name] = {"dev": dev, **scores}
         cells = " | ".join(f"{100 * s['wer']:.1f} % | {100 * s['cer']:.1f} %" for s in scores.values())
-        lines.append(f"| {init} | {LABELS[labels]} | {updates} | {100 * dev['cer']:.1f} % | {cells} |")
+        lines.append(f"| {describe(name, hours)} | {LABELS[labels]} | {updates} | {100 * dev['cer']:.1f} % | {cells} |")
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    findings = []
+    if {"probe_random_train_1h", "probe_pretrained_train_1h"} <= results.keys():
+        random, pretrained = (results[f"probe_{kind}_train_1h"]["test"]["cer"] for kind in ("random", "pretrained"))
+        findings.append(f"- Probe: frozen pretrained features give test CER {100 * pretrained:.1f} %, frozen random "
+                        f"ones {100 * random:.1f} %: {100 * (1 - pretrained / random):.0f} % relative "
+                        f"(target: at least 25 %).")
+    for labels in LABELS:
+        if f"scratch_{labels}" not in results:
+            continue
+        scratch = results[f"scratch_{labels}"]["test"]["cer"]
+        pretrained = sorted((int(name.split("_")[0].removeprefix("pretrained")), name) for name in results
+                            if name.startswith("pretrained") and name.endswith(labels))
+        gaps = ", ".join(f"{hours.get(step, float('nan')):.1f} h: {100 * (results[name]['test']['cer'] - scratch):+.1f}"
+                         for step, name in pretrained)
+        findings.append(f"- {LABELS[labels]} of labels: test CER of pretrained minus scratch ({100 * scratch:.1f} %), "
+                        f"in points, by hours of audio pretrained on: {gaps or 'none run'}.")
     times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for run in runs.values() if run.seconds) or \
         "- (every run was already there: see the logs of the invocations that ran them)"
-    commands = "\n".join(run.command() for run in runs.values())
+    commands = "\n".join(run.command() for lane in lanes for run in lane)
     return f"""## Results
 
 {chr(10).join(lines)}
+
+{chr(10).join(findings)}
 
 Test sets: `test` = {TEST_SETS['test']} ({data / 'test.tsv'}), `test_voices` = {TEST_SETS['test_voices']}
 ({data / 'test_voices.tsv'}). Greedy CTC decoding, no language model. Each fine-tuning kept its

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import Wav2Vec2Error
@@ -30,6 +31,20 @@ def check_device(device: str) -> None:
 def fail(message: str, code: int = 1) -> int:
     print(f"wav2vec2: error: {message}", file=sys.stderr)
     return code
+
+
+def one_line_warnings(show):
+    """A warnings.showwarning that prints the library's warnings as one line each, like its errors,
+    and hands other packages' to `show`."""
+    package = str(Path(__file__).parent)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(filename).startswith(package):
+            print(f"wav2vec2: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 def beam_decoder(args: argparse.Namespace):
@@ -663,6 +678,12 @@ def positive_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warnings(warnings.showwarning)
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except Wav2Vec2Error as error:

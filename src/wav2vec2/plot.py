@@ -7,11 +7,13 @@ from pathlib import Path
 
 from .errors import Wav2Vec2Error
 
-# Panels in the order they are drawn; a run shows those its log has.
+# Panels in the order they are drawn, three to a row; a run shows those its log has. Pretraining's
+# code usage comes right below its loss and accuracy: a collapse shows beside the gain it buys.
 PANELS = [
-    ("loss", "loss"), ("contrastive_loss", "contrastive loss"), ("diversity_loss", "diversity loss"),
-    ("feature_penalty", "feature penalty"), ("accuracy", "contrastive accuracy"),
-    ("perplexity", "code perplexity"), ("ctc_loss", "CTC loss"), ("wer", "dev WER"), ("cer", "dev CER"),
+    ("loss", "loss"), ("contrastive_loss", "contrastive loss"), ("accuracy", "contrastive accuracy"),
+    ("perplexity", "code perplexity"), ("group_perplexity", "code perplexity per group"),
+    ("codes_used", "share of codes used"), ("diversity_loss", "diversity loss"),
+    ("feature_penalty", "feature penalty"), ("ctc_loss", "CTC loss"), ("wer", "dev WER"), ("cer", "dev CER"),
     ("temperature", "Gumbel temperature"), ("lr", "learning rate"),
 ]
 
@@ -47,7 +49,14 @@ def plot_run(run: str | Path, output: str | Path | None = None) -> Path:
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3 * rows), squeeze=False)
     for axis, (key, title) in zip(axes.flat, panels):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
+        marker = "." if len(points) < 30 else None
+        if points and isinstance(points[0][1], list):  # one value per codebook group: one line each
+            for group in range(len(points[0][1])):
+                axis.plot([p[0] for p in points], [p[1][group] for p in points], marker=marker,
+                          label=f"group {group + 1}")
+            axis.legend()
+        else:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker)
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

@@ -130,6 +130,8 @@ class PretrainingOutput:
     accuracy: torch.Tensor  # how often the true target has the highest similarity
     perplexity: torch.Tensor  # code perplexity over the masked steps
     masked_steps: int
+    code_probs: torch.Tensor  # (groups, entries): the codebooks' softmax summed over the masked steps
+    code_choices: torch.Tensor  # (groups, entries): masked steps at which each entry was the most likely
 
 
 class Wav2Vec2ForPreTraining(nn.Module):
@@ -184,15 +186,19 @@ class Wav2Vec2ForPreTraining(nn.Module):
         processes = world_size()
         masked = all_sum(time_mask.sum().float()).detach()
         contrastive = contrastive_loss(logits, masked / processes)
-        perplexity = perplexity_of(all_sum(probs[time_mask.flatten()].sum(0)) / masked)
+        masked_probs = probs[time_mask.flatten()]
+        code_probs = all_sum(masked_probs.sum(0))
+        perplexity = perplexity_of(code_probs / masked)
         diversity = diversity_loss(perplexity, self.quantizer.groups, self.quantizer.entries)
         frames = encoded.features[..., 0].numel() if encoded.mask is None else encoded.mask.sum()
         penalty = feature_penalty(encoded.features, encoded.mask, all_sum(torch.as_tensor(
             frames, dtype=torch.float32, device=waveform.device)) / processes)
         loss = contrastive + self.config.diversity_loss_weight * diversity + self.feature_penalty_weight * penalty
         correct = all_sum((logits.argmax(-1) == 0).sum().float()).detach()
+        choices = torch.stack([torch.bincount(group, minlength=self.quantizer.entries)
+                               for group in masked_probs.argmax(-1).T])
         return PretrainingOutput(loss, contrastive, diversity, penalty, correct / masked, perplexity.detach(),
-                                 int(masked))
+                                 int(masked), code_probs.detach(), all_sum(choices.float()).detach())
 
 
 def world_size() -> int:

@@ -13,8 +13,17 @@ import torch.nn as nn
 
 
 def gumbel_temperature(step: int, start: float = 2.0, end: float = 0.5, decay: float = 0.999995) -> float:
-    """tau = max(start * decay**step, end): anneal from exploring codebooks to near-hard choices."""
+    """tau = max(start * decay**step, end): anneal from exploring codebooks to near-hard choices
+    (the paper's schedule: a fixed factor per update, whatever the length of the run)."""
     return max(start * decay**step, end)
+
+
+def annealed_temperature(step: int, anneal_steps: int, start: float = 2.0, end: float = 0.5) -> float:
+    """tau = start * (end / start)**(step / anneal_steps) until anneal_steps, then end: the same
+    exponential decay, timed to reach `end` at a given update of the run."""
+    if step >= anneal_steps:
+        return end
+    return start * (end / start) ** (step / anneal_steps)
 
 
 def code_perplexity(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,7 +39,13 @@ def code_perplexity(probs: torch.Tensor, mask: torch.Tensor | None = None) -> to
 
 def perplexity_of(average: torch.Tensor) -> torch.Tensor:
     """(groups, entries) average codebook distribution -> sum over groups of exp(entropy)."""
-    return torch.exp(-torch.xlogy(average, average).sum(-1)).sum()
+    return group_perplexities(average).sum()
+
+
+def group_perplexities(average: torch.Tensor) -> torch.Tensor:
+    """(groups, entries) average codebook distribution -> (groups,) exp(entropy) of each: from 1
+    (one entry always) to V (all equally)."""
+    return torch.exp(-torch.xlogy(average, average).sum(-1))
 
 
 def gumbel_softmax(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,7 +72,7 @@ class GumbelVectorQuantizer(nn.Module):
         self.entries = entries
         self.weight_proj = nn.Linear(in_dim, groups * entries)
         self.codevectors = nn.Parameter(torch.empty(1, groups * entries, codevector_dim // groups).uniform_())
-        self.temperature = 2.0  # set by the training loop (gumbel_temperature)
+        self.temperature = 2.0  # set by the training loop at every update (its schedule: temperature_at)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -33,7 +33,8 @@ from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
-                   resume_point, run_training, seed_for, tri_stage, update)
+                   peak_lrs, resume_point, run_training, seed_for, set_lr, training_precision, tri_stage,
+                   update)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class FinetuneSettings:
     device: str = "auto"
     precision: str = "auto"
     lr: float = 5e-5
+    head_lr: float | None = None  # default: lr
     weight_decay: float = 0.0
     freeze_steps: int = 0  # updates during which only the CTC head learns
     train_feature_encoder: bool = False  # for random initialisation: nothing to keep frozen
@@ -78,10 +80,11 @@ HELP = {
     "seed": "seeds every random choice (masks, dropout, batch order)",
     "resume": "continue the run in --out from its latest checkpoint",
     "device": "auto (a GPU when present), cpu or cuda",
-    "precision": "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX, else fp32), fp32, bf16 or fp16",
     "lr": "peak learning rate of AdamW (tri-stage schedule: 10%% warm-up, 40%% hold, 50%% decay)",
+    "head_lr": "peak learning rate of the CTC head (default: --lr); a fresh head on a pretrained body can learn faster",
     "weight_decay": "AdamW weight decay",
-    "freeze_steps": "first updates in which only the CTC head learns (the Transformer frozen)",
+    "freeze_steps": "first updates in which only the CTC head learns (the whole encoder frozen)",
     "train_feature_encoder": "train the convolutions too (for random initialisation)",
     "max_batch_seconds": "seconds of audio per batch and process, padding included",
     "max_seconds": "longer utterances are skipped (and counted)",
@@ -216,6 +219,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
 
     if settings.best_metric not in ("wer", "cer"):
         raise Wav2Vec2Error(f"best_metric must be wer or cer, not {settings.best_metric!r}")
+    precision = training_precision(runtime.device, settings.precision)
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
     state = resume_point(out, settings.resume)
@@ -238,7 +242,12 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     model.to(runtime.device)
     for parameter in model.wav2vec2.feature_encoder.parameters():
         parameter.requires_grad = settings.train_feature_encoder
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    head = list(model.lm_head.parameters())
+    body = [p for name, p in model.named_parameters() if not name.startswith("lm_head.")]
+    head_lr = settings.lr if settings.head_lr is None else settings.head_lr
+    parts = [(body + head, settings.lr)] if head_lr == settings.lr else [(body, settings.lr), (head, head_lr)]
+    optimizer = make_optimizer(parts, settings.weight_decay)
+    peaks = peak_lrs(optimizer)
     start, best = 0, {"wer": math.inf, "cer": math.inf, "step": 0}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -250,15 +259,16 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     log = RunLog(out, runtime.main, resume_from=start if settings.resume else None)
     if runtime.main and not settings.resume:
         log.write({"event": "start", "utterances": len(entries), "batches": len(batches), "skipped": skipped,
-                   "vocabulary": vocab.tokens, "processes": runtime.world, "settings": asdict(settings)})
+                   "vocabulary": vocab.tokens, "processes": runtime.world, "precision": precision,
+                   "settings": asdict(settings)})
     progress = Progress(runtime.main, start, settings.max_steps, "fine-tuning")
     interval: dict[str, float] = {}
     for step in range(start, settings.max_steps):
         torch.manual_seed(seed_for(settings.seed, step, runtime.rank))  # dropout, LayerDrop: resumable
         model.train()
-        lr = settings.lr * tri_stage(step, settings.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        factor = tri_stage(step, settings.max_steps)
+        set_lr(optimizer, peaks, factor)
+        lr = settings.lr * factor
         frozen = step < settings.freeze_steps
         for micro in range(settings.accumulate):
             index = step * settings.accumulate + micro
@@ -275,7 +285,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
             last = micro == settings.accumulate - 1
             sync = trained.no_sync() if runtime.world > 1 and not last else contextlib.nullcontext()
             with sync:
-                with autocast(device, settings.precision):
+                with autocast(device, precision):
                     if attention_mask is not None:
                         attention_mask = attention_mask.to(device)
                     target_lengths = torch.tensor([len(t) for t in targets])

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError, Wav2Vec2Error
+from ..precision import cpu_flags
 
 
 @dataclass
@@ -86,15 +87,27 @@ def seed_for(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+def make_optimizer(parts: list[tuple[list[torch.nn.Parameter], float]], weight_decay: float,
                    betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6) -> torch.optim.AdamW:
-    """AdamW (the fused kernel: one pass over each tensor instead of a dozen); no weight decay on
-    biases, norms and embeddings (tensors of fewer than 2 dimensions)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    """AdamW over parts of a model, each (its parameters, its peak learning rate), the fused kernel:
+    one pass over each tensor instead of a dozen. No weight decay on biases, norms and embeddings
+    (tensors of fewer than 2 dimensions). The schedules scale each group's peak (`peak_lrs`)."""
+    groups = []
+    for params, lr in parts:
+        params = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=betas, eps=eps, fused=True)
+
+
+def peak_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The learning rate of each group as made (read before a resumed state overwrites them)."""
+    return [group["lr"] for group in optimizer.param_groups]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, peaks: list[float], factor: float) -> None:
+    for group, peak in zip(optimizer.param_groups, peaks):
+        group["lr"] = peak * factor
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
@@ -118,10 +131,21 @@ def tri_stage(step: int, total: int, warmup: float = 0.1, hold: float = 0.4, fin
     return math.exp(math.log(final_scale) * progress)
 
 
+def training_precision(device: torch.device, precision: str) -> str:
+    """What `precision` means for a training run: `auto` is bf16 on GPUs that support it and on CPUs
+    with AMX (there bf16 matrix products are ~8x float32's), fp32 elsewhere."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise Wav2Vec2Error(f"training precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and "amx_bf16" in cpu_flags() else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast where asked for ("auto": bf16 on GPUs that support it, else fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    """bf16/fp16 autocast (float32 master weights and optimizer) where the precision asks for it."""
+    precision = training_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -143,6 +167,13 @@ class RunLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         elif enabled:
             self.path.write_text("")
+
+    def records(self) -> list[dict]:
+        """The logged steps so far (those a resumed run keeps)."""
+        if not (self.enabled and self.path.exists()):
+            return []
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in records if "step" in r]
 
     def write(self, record: dict) -> None:
         if self.enabled:

@@ -10,6 +10,7 @@ fine-tuning.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from ..checkpoints import save_model
 from ..manifest import load_data
 from ..model import Wav2Vec2Config, frame_lengths, preset_config
 from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
-from ..quantizer import gumbel_temperature
+from ..quantizer import annealed_temperature, gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
+from .health import HealthWatch, codebook_usage, patience_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
-                   resume_point, run_training, seed_for, update, warmup_linear_decay)
+                   peak_lrs, resume_point, run_training, seed_for, set_lr, training_precision, update,
+                   warmup_linear_decay)
 
 
 @dataclass
@@ -38,7 +41,7 @@ class PretrainSettings:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     lr: float = 5e-4
-    warmup_steps: int | None = None  # default: 8% of max_steps
+    warmup: float = 0.08  # share of max_steps
     weight_decay: float = 0.01
     max_batch_seconds: float = 20.0  # audio per batch and process, after cropping
     max_seconds: float = 15.6  # crop length
@@ -55,9 +58,11 @@ class PretrainSettings:
     cross_negatives: int = 0  # distractors from other utterances of the batch
     gumbel_start: float = 2.0
     gumbel_end: float = 0.5
-    gumbel_decay: float = 0.999995
+    gumbel_anneal: float = 0.7  # share of max_steps over which the temperature falls from start to end
+    gumbel_decay: float | None = None  # instead, the paper's factor per update (0.999995)
     feature_grad_mult: float = 0.1
     feature_penalty_weight: float = 10.0
+    diversity_weight: float | None = None  # default: the model config's diversity_loss_weight (0.1)
     normalize: bool | None = None  # zero-mean unit-variance input; default: only for "layer" models
 
 
@@ -70,9 +75,9 @@ HELP = {
     "seed": "seeds every random choice (masks, distractors, noise, batch order)",
     "resume": "continue the run in --out from its latest checkpoint",
     "device": "auto (a GPU when present), cpu or cuda",
-    "precision": "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX, else fp32), fp32, bf16 or fp16",
     "lr": "peak learning rate of AdamW",
-    "warmup_steps": "linear warm-up updates before the linear decay (default: 8%% of --max-steps)",
+    "warmup": "share of --max-steps spent in the linear warm-up, before the linear decay",
     "weight_decay": "AdamW weight decay",
     "max_batch_seconds": "seconds of audio per batch and process, after cropping",
     "max_seconds": "longer clips are cropped to this many seconds at a random offset",
@@ -89,11 +94,45 @@ HELP = {
     "cross_negatives": "more distractors per masked step, from the other utterances of the batch",
     "gumbel_start": "Gumbel-softmax temperature at the start",
     "gumbel_end": "lowest Gumbel-softmax temperature",
-    "gumbel_decay": "factor applied to the temperature after every update",
+    "gumbel_anneal": "share of --max-steps over which the temperature falls exponentially from --gumbel-start "
+                     "to --gumbel-end (then stays there)",
+    "gumbel_decay": "instead of --gumbel-anneal, multiply the temperature by this after every update, whatever "
+                    "the run's length (the paper: 0.999995)",
     "feature_grad_mult": "scales the gradient that reaches the feature encoder",
     "feature_penalty_weight": "weight of the feature-encoder output penalty (mean squared activation)",
+    "diversity_weight": "weight of the diversity loss, which keeps the codebooks in use (default: the config's "
+                        "diversity_loss_weight, 0.1)",
     "normalize": "feed each crop at zero mean and unit variance (default: only for the \"layer\" family)",
 }
+
+
+def check_settings(settings: PretrainSettings) -> None:
+    for name in ("warmup", "gumbel_anneal"):
+        if not 0 <= getattr(settings, name) <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} is a share of --max-steps, from 0 to 1, "
+                             f"not {getattr(settings, name)}")
+
+
+def temperature_at(step: int, settings: PretrainSettings) -> float:
+    """The Gumbel temperature of an update: annealed over a share of the run, so that a run of any
+    length explores its codebooks first and chooses near-hard at the end, or the paper's factor
+    per update when --gumbel-decay is given."""
+    if settings.gumbel_decay is not None:
+        return gumbel_temperature(step, settings.gumbel_start, settings.gumbel_end, settings.gumbel_decay)
+    return annealed_temperature(step, round(settings.gumbel_anneal * settings.max_steps), settings.gumbel_start,
+                                settings.gumbel_end)
+
+
+def describe_schedules(settings: PretrainSettings, warmup: int) -> dict[str, str]:
+    """The learning-rate and temperature schedules in words, for the first line of log.jsonl."""
+    start, end = settings.gumbel_start, settings.gumbel_end
+    if settings.gumbel_decay is not None:
+        temperature = f"max({start:g} * {settings.gumbel_decay:g}**step, {end:g})"
+    else:
+        anneal = round(settings.gumbel_anneal * settings.max_steps)
+        temperature = f"{start:g} * ({end:g}/{start:g})**(step/{anneal}) until update {anneal}, then {end:g}"
+    return {"lr": f"linear warm-up to {settings.lr:g} over {warmup} updates, then linear decay to 0 at update "
+                  f"{settings.max_steps}", "temperature": temperature}
 
 
 def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, settings: PretrainSettings,
@@ -121,15 +160,19 @@ def random_choices(utterances: list[int], samples: int, config: Wav2Vec2Config, 
 
 def pretrain(settings: PretrainSettings) -> Path:
     """Run (or resume) pretraining; returns the folder of the final checkpoint."""
+    check_settings(settings)
     return run_training(_pretrain, settings)
 
 
 def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
+    precision = training_precision(runtime.device, settings.precision)
     state = resume_point(out, settings.resume)
     start = state["step"] if state else 0
     config = Wav2Vec2Config.from_dict(state["config"]) if state else preset_config(settings.config)
+    if settings.diversity_weight is not None:  # saved with the model, so a resumed run keeps it
+        config.diversity_loss_weight = settings.diversity_weight
     out.mkdir(parents=True, exist_ok=True)
     normalize = settings.normalize if settings.normalize is not None else config.feat_extract_norm == "layer"
 
@@ -143,28 +186,35 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     torch.manual_seed(settings.seed)
     model = Wav2Vec2ForPreTraining(config, settings.feature_grad_mult, settings.feature_penalty_weight)
     model.to(runtime.device)
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    optimizer = make_optimizer([(list(model.parameters()), settings.lr)], settings.weight_decay)
+    peaks = peak_lrs(optimizer)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     trained = (DistributedDataParallel(model, find_unused_parameters=config.layerdrop > 0)
                if runtime.world > 1 else model)
-    warmup = settings.warmup_steps if settings.warmup_steps is not None else int(0.08 * settings.max_steps)
+    warmup = round(settings.warmup * settings.max_steps)
 
     log = RunLog(out, runtime.main, resume_from=start if settings.resume else None)
     if runtime.main and not settings.resume:
         log.write({"event": "start", "utterances": len(entries), "batches": len(batches), "skipped": skipped,
-                   "processes": runtime.world, "settings": asdict(settings), "parameters":
-                   sum(p.numel() for p in model.parameters())})
+                   "processes": runtime.world, "precision": precision, "settings": asdict(settings), "schedules":
+                   describe_schedules(settings, warmup), "parameters": sum(p.numel() for p in model.parameters())})
+    health = HealthWatch(settings.num_negatives + settings.cross_negatives, config.num_codevector_groups *
+                         config.num_codevectors_per_group, patience_for(settings.max_steps, settings.log_every),
+                         start=warmup)
+    for record in log.records():  # what a resumed run had seen
+        health.observe(record)
     progress = Progress(runtime.main, start, settings.max_steps, "pretraining")
     interval: dict[str, float] = {}
+    code_probs, code_choices = 0.0, 0.0
     model.train()
     for step in range(start, settings.max_steps):
         torch.manual_seed(seed_for(settings.seed, step, runtime.rank))  # dropout, LayerDrop: resumable
-        lr = settings.lr * warmup_linear_decay(step, warmup, settings.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        temperature = gumbel_temperature(step, settings.gumbel_start, settings.gumbel_end, settings.gumbel_decay)
+        factor = warmup_linear_decay(step, warmup, settings.max_steps)
+        set_lr(optimizer, peaks, factor)
+        lr = settings.lr * factor
+        temperature = temperature_at(step, settings)
         model.quantizer.temperature = temperature
         audio_seconds = 0.0
         for micro in range(settings.accumulate):
@@ -175,7 +225,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
             last = micro == settings.accumulate - 1
             sync = trained.no_sync() if runtime.world > 1 and not last else contextlib.nullcontext()
             with sync:
-                with autocast(runtime.device, settings.precision):
+                with autocast(runtime.device, precision):
                     output = trained(waveform.to(runtime.device), None, time_mask.to(runtime.device),
                                      distractors.to(runtime.device), noise.to(runtime.device))
                 (output.loss / settings.accumulate).backward()
@@ -184,6 +234,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
             for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
                 interval[name] = interval.get(name, 0.0) + getattr(output, name).item() / settings.accumulate
             interval["masked_steps"] = interval.get("masked_steps", 0.0) + output.masked_steps
+            code_probs, code_choices = code_probs + output.code_probs, code_choices + output.code_choices
         grad_norm = update(model, optimizer, settings.clip_norm, step)
         seconds = progress.update({"loss": output.loss.item(), "acc": output.accuracy.item()})
         interval["steps"] = interval.get("steps", 0) + 1
@@ -194,10 +245,14 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
             steps = interval.pop("steps")
             timing = {"seconds": interval.pop("seconds"), "audio": interval.pop("audio_seconds")}
             record = {k: v / steps for k, v in interval.items()}
-            record = average_over_processes(record, runtime.device)
-            log.write({"step": done, **record, "temperature": temperature, "lr": lr, "grad_norm": grad_norm,
-                       "audio_seconds_per_second": timing["audio"] * runtime.world / timing["seconds"]})
-            interval = {}
+            record = {"step": done, **average_over_processes(record, runtime.device),
+                      **codebook_usage(code_probs, code_choices), "temperature": temperature, "lr": lr,
+                      "grad_norm": grad_norm,
+                      "audio_seconds_per_second": timing["audio"] * runtime.world / timing["seconds"]}
+            log.write(record)
+            for message in health.observe(record) if runtime.main else []:
+                warnings.warn(f"update {done}: {message}", stacklevel=1)
+            interval, code_probs, code_choices = {}, 0.0, 0.0
         if done % settings.save_every == 0 or done == settings.max_steps:
             snapshot = {"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "config": config.to_dict()}
