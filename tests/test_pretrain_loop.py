@@ -71,7 +71,12 @@ def test_a_tiny_model_learns_the_contrastive_task(corpus, tmp_path):
 
 def test_final_checkpoint_loads_in_transformers_with_the_same_loss(corpus, tmp_path):
     final = pretrain(PretrainSettings(data=str(corpus), out=str(tmp_path), max_steps=3, num_negatives=10,
-                                      max_seconds=2, log_every=1))
+                                      max_seconds=2, log_every=1, models_every=2))
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["step-0000002"]  # a model along the way
+    along_the_way = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "models" / "step-0000002")
+    assert not torch.equal(along_the_way.quantizer.codevectors, load_pretrained(final).quantizer.codevectors)
+    hours = [r["audio_hours"] for r in records(tmp_path)]
+    assert len(hours) == 3 and 0 < hours[0] < hours[1] < hours[2]
     ours = load_pretrained(final).eval()
     theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(final).eval()
     waveform = torch.randn(2, 16_000, generator=torch.Generator().manual_seed(0))
@@ -146,7 +151,7 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(corpus, tmp_path):
     expected, actual = records(tmp_path / "whole"), records(killed)
     assert [r["step"] for r in actual] == [r["step"] for r in expected] == list(range(1, 41))
     for a, b in zip(actual, expected):
-        for key in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "lr", "temperature"):
+        for key in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "lr", "temperature", "audio_hours"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
 
 

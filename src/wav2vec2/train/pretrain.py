@@ -51,6 +51,7 @@ class PretrainSettings:
     log_every: int = 10
     save_every: int = 500
     keep_checkpoints: int = 2
+    models_every: int = 0  # also a model folder models/step-N every this many updates (0: only final/)
     mask_prob: float = 0.65
     mask_length: int = 10
     min_spans: int = 2
@@ -87,13 +88,15 @@ HELP = {
     "log_every": "updates between two lines of log.jsonl",
     "save_every": "updates between two checkpoints",
     "keep_checkpoints": "how many of the latest checkpoints to keep",
+    "models_every": "also write a model folder, models/step-N, every this many updates, to fine-tune from several "
+                    "points of the run (0: only final/)",
     "mask_prob": "share of time steps that start a masked span (before overlaps)",
     "mask_length": "time steps per masked span",
     "min_spans": "masked spans per utterance at least",
     "num_negatives": "distractors per masked step, from the same utterance",
     "cross_negatives": "more distractors per masked step, from the other utterances of the batch",
     "gumbel_start": "Gumbel-softmax temperature at the start",
-    "gumbel_end": "lowest Gumbel-softmax temperature",
+    "gumbel_end": "Gumbel-softmax temperature at the end of the annealing, and after it",
     "gumbel_anneal": "share of --max-steps over which the temperature falls exponentially from --gumbel-start "
                      "to --gumbel-end (then stays there)",
     "gumbel_decay": "instead of --gumbel-anneal, multiply the temperature by this after every update, whatever "
@@ -208,6 +211,9 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     progress = Progress(runtime.main, start, settings.max_steps, "pretraining")
     interval: dict[str, float] = {}
     code_probs, code_choices = 0.0, 0.0
+    audio_total = state.get("audio_seconds", 0.0) if state else 0.0  # trained on, all processes
+    model.preprocessing = Preprocessing(do_normalize=normalize,
+                                        return_attention_mask=config.feat_extract_norm == "layer")
     model.train()
     for step in range(start, settings.max_steps):
         torch.manual_seed(seed_for(settings.seed, step, runtime.rank))  # dropout, LayerDrop: resumable
@@ -240,6 +246,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
         interval["steps"] = interval.get("steps", 0) + 1
         interval["seconds"] = interval.get("seconds", 0.0) + seconds
         interval["audio_seconds"] = interval.get("audio_seconds", 0.0) + audio_seconds
+        audio_total += audio_seconds * runtime.world
         done = step + 1
         if done % settings.log_every == 0 or done == settings.max_steps:
             steps = interval.pop("steps")
@@ -247,21 +254,21 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
             record = {k: v / steps for k, v in interval.items()}
             record = {"step": done, **average_over_processes(record, runtime.device),
                       **codebook_usage(code_probs, code_choices), "temperature": temperature, "lr": lr,
-                      "grad_norm": grad_norm,
+                      "grad_norm": grad_norm, "audio_hours": audio_total / 3600,
                       "audio_seconds_per_second": timing["audio"] * runtime.world / timing["seconds"]}
             log.write(record)
             for message in health.observe(record) if runtime.main else []:
-                warnings.warn(f"update {done}: {message}", stacklevel=1)
+                warnings.warn(f"update {done}: {message}")
             interval, code_probs, code_choices = {}, 0.0, 0.0
         if done % settings.save_every == 0 or done == settings.max_steps:
             snapshot = {"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "config": config.to_dict()}
+                        "config": config.to_dict(), "audio_seconds": audio_total}
             checkpoint_on_main(runtime, checkpoints, done, snapshot, settings.keep_checkpoints)
+        if settings.models_every and done % settings.models_every == 0 and runtime.main:
+            save_model(model, out / "models" / f"step-{done:07d}")
     progress.close()
     final = out / "final"
     if runtime.main:
-        model.preprocessing = Preprocessing(do_normalize=normalize,
-                                            return_attention_mask=config.feat_extract_norm == "layer")
         save_model(model, final)
     if runtime.world > 1:
         torch.distributed.barrier()
