@@ -245,6 +245,7 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
     head = list(model.lm_head.parameters())
     body = [p for name, p in model.named_parameters() if not name.startswith("lm_head.")]
     head_lr = settings.lr if settings.head_lr is None else settings.head_lr
+    # one part when the rates agree: the optimizer's groups (and so its checkpoints) stay as they were
     parts = [(body + head, settings.lr)] if head_lr == settings.lr else [(body, settings.lr), (head, head_lr)]
     optimizer = make_optimizer(parts, settings.weight_decay)
     peaks = peak_lrs(optimizer)
