@@ -20,12 +20,15 @@ PRECISION_HELP = ("auto (bf16 on CPUs with AMX, int8 on other CPUs where it meas
                   "fp32, bf16 or int8 (these two on CPUs only)")
 
 
-def check_device(device: str) -> None:
-    """--device cuda where PyTorch sees no GPU: an error before anything is loaded."""
+def use_device(args: argparse.Namespace) -> None:
+    """--device and --threads of a command that runs the model: --device cuda where PyTorch sees no
+    GPU is an error before anything is loaded."""
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise Wav2Vec2Error("--device cuda: no CUDA device is available (use --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -68,16 +71,13 @@ def beam_decoder(args: argparse.Namespace):
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from .checkpoints import load_model
     from .transcribe import transcribe_many
     from .writers import render
 
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device(args)
     make_decoder = beam_decoder(args)
     model = load_model(args.model, device=args.device, precision=args.precision)
     decoder = make_decoder(model.vocab)
@@ -247,16 +247,13 @@ def clock(seconds: float) -> str:
 def evaluate_command(args: argparse.Namespace) -> int:
     import json
 
-    import torch
     from tqdm import tqdm
 
     from .checkpoints import load_model
     from .evaluate import check_labelled, evaluate, write_report
     from .manifest import load_data
 
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device(args)
     entries = load_data(args.manifest)
     check_labelled(entries)
     make_decoder = beam_decoder(args)
@@ -325,17 +322,14 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 def align_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .align import align, read_transcript, render_alignment
     from .audio import AudioFile
     from .checkpoints import load_model
 
-    check_device(args.device)
+    use_device(args)
     transcript = read_transcript(args.transcript)
     AudioFile(args.audio)  # a missing or unreadable file fails before the model loads
-    if args.threads:
-        torch.set_num_threads(args.threads)
     result = align(load_model(args.model, device=args.device), args.audio, transcript)
     text = render_alignment(result, args.format)
     if args.output:
@@ -370,15 +364,12 @@ def lm_build_command(args: argparse.Namespace) -> int:
 
 
 def lm_tune_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoints import load_model
     from .evaluate import check_labelled, tune
     from .manifest import load_data
 
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device(args)
     entries = load_data(args.manifest)
     check_labelled(entries)
     args.decoder, args.lm_weight, args.word_score = "beam", 0.0, 0.0  # the weights are what is searched
@@ -404,12 +395,11 @@ def lm_tune_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoints import load_model
     from .server import ServerSettings, SpeechServer, bind, run
 
-    check_device(args.device)
+    use_device(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get("WAV2VEC2_API_KEY") or None
     settings = ServerSettings(model_name=str(args.model), max_streams=args.max_streams, api_key=api_key,
                               max_upload=round(args.max_upload_mb * 2**20), max_message=round(args.max_message_kb * 1024),
@@ -417,8 +407,6 @@ def serve_command(args: argparse.Namespace) -> int:
     settings.validate()
     make_decoder = beam_decoder(args)  # LM and lexicon files are read before the model loads
     sock = bind(args.host, args.port)  # and a taken port fails before the model loads too
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, precision=args.precision)
     server = SpeechServer(model, settings, decoder=make_decoder(model.vocab))
     host, port = sock.getsockname()[:2]
