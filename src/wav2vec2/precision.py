@@ -9,7 +9,8 @@ so does the CTC head, whose logits feed the softmax of decoding.
 * int8: the matrix products of the six later convolutions and of the linear layers (feature
   projection, attention projections, feed-forward) are int8 (kernels.py: per-frame activation
   scales, per-channel weight scales, int32 sums); normalisation, activations, attention (its
-  softmax) and the positional convolution stay float32.
+  softmax), the positional convolution and the last layer's second feed-forward product stay
+  float32 (on the demo model that product alone moved the best token on 0.2 % of the frames).
 * bf16: everything after the first convolution runs in bfloat16 (PyTorch's layer norm and
   attention accumulate in float32 inside).
 
@@ -128,11 +129,16 @@ def int8_feature_encoder(encoder: FeatureEncoder) -> LowPrecisionFeatureEncoder:
     return LowPrecisionFeatureEncoder(encoder, [Int8TimeMajorConv(layer.conv) for layer in encoder.conv_layers[1:]])
 
 
-def int8_encoder_layer(layer: nn.Module) -> nn.Module:
-    """A Transformer layer (model.EncoderLayer) with int8 products, converted in place."""
+def int8_encoder_layer(layer: nn.Module, last: bool = False) -> nn.Module:
+    """A Transformer layer (model.EncoderLayer) with int8 products, converted in place. In the
+    `last` layer the feed-forward block's second product stays float32: its input (GELU outputs,
+    the hardest to quantize) feeds the CTC head with no layer after it to average the error out."""
     layer.attention.in_proj = Int8Linear.from_linear(layer.attention.in_proj)
     layer.attention.out_proj = Int8Linear.from_linear(layer.attention.out_proj)
-    layer.feed_forward = Int8FeedForward(layer.feed_forward)
+    if last:
+        layer.feed_forward.intermediate_dense = Int8Linear.from_linear(layer.feed_forward.intermediate_dense)
+    else:
+        layer.feed_forward = Int8FeedForward(layer.feed_forward)
     return layer
 
 
@@ -160,6 +166,6 @@ def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2F
         body.feature_encoder = int8_feature_encoder(encoder)
         body.feature_projection.projection = Int8Linear.from_linear(body.feature_projection.projection)
         for layer in body.encoder.layers:
-            int8_encoder_layer(layer)
+            int8_encoder_layer(layer, last=layer is body.encoder.layers[-1])
     model.precision = precision
     return model
