@@ -11,13 +11,15 @@ What is measured, and why:
   the arrival of its final at the client. It includes the 0.3 s pause that ends a phrase.
 * N streams are sustained when every phrase of every stream got its final and the 95th
   percentile of the final delays is at most 1.0 s. N grows from 1 until it fails.
-* Each configuration runs with cross-stream batching (`--max-batch 8`) and without
+* Each configuration runs with cross-stream batching (`--max-batch 8`), once for each value of
+  --parallel (`serve --parallel 2`, "on x2": two passes at once, one thread each), and without
   (`--max-batch 1`). The server is a subprocess with `--threads` PyTorch threads, as in use; the
   clients run in this process (they cost little: a socket and a sleep per message).
 * Models: "base" (random weights, the shape of facebook/wav2vec2-base-960h, fp32: speed does not
   depend on the values) and "demo" (the shipped model, at `--precision`), when the package has it.
 
 Usage: python benchmarks/server.py [--models base demo] [--phrases 6] [--max-streams 12] [--threads 2]
+                                   [--parallel 1 2]
        python benchmarks/server.py --quick      # 2 phrases, N = 1 and 2: does it run at all?
 """
 
@@ -51,9 +53,10 @@ DEMO = Path(wav2vec2.__file__).parent / "demo" / "config.json"
 class Server:
     """`wav2vec2 serve` in a subprocess on a free port."""
 
-    def __init__(self, model: str, threads: int, max_batch: int, max_streams: int, precision: str):
+    def __init__(self, model: str, threads: int, max_batch: int, parallel: int, max_streams: int, precision: str):
         command = [sys.executable, "-m", "wav2vec2", "serve", "--model", model, "--port", "0",
-                   "--threads", str(threads), "--max-batch", str(max_batch), "--max-streams", str(max_streams),
+                   "--threads", str(threads), "--max-batch", str(max_batch), "--parallel", str(parallel),
+                   "--max-streams", str(max_streams),
                    "--precision", precision, "--idle-timeout", "120"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -141,11 +144,12 @@ def trial(server: Server, streams: int, audio: np.ndarray, spans: list[tuple[int
                 ok=missing == 0 and p95 <= TARGET_DELAY, batch=windows / passes if passes else 0.0, cpu=100 * cpu)
 
 
-def measure(name: str, model: str, precision: str, args, audio, spans) -> dict[int, int]:
-    """Sustained streams with and without batching: {max_batch: N}."""
+def measure(name: str, model: str, precision: str, args, audio, spans) -> dict[str, int]:
+    """Sustained streams with batching (for each --parallel) and without: {setting: N}."""
     sustained = {}
-    for max_batch in (8, 1):
-        server = Server(model, args.threads, max_batch, args.max_streams, precision)
+    for max_batch, parallel in [(8, p) for p in args.parallel] + [(1, 1)]:
+        setting = ("on" if max_batch > 1 else "off") + (f" x{parallel}" if parallel > 1 else "")
+        server = Server(model, args.threads, max_batch, parallel, args.max_streams, precision)
         try:
             client(server.ws, audio[:3 * RATE], 0.0, realtime=False)  # warm up: first passes allocate
             best = 0
@@ -153,14 +157,14 @@ def measure(name: str, model: str, precision: str, args, audio, spans) -> dict[i
             for streams in counts:
                 r = trial(server, streams, audio, spans, seed=streams)
                 verdict = "yes" if r["ok"] else "NO"
-                print(f"{name:5} {precision:5} {'on' if max_batch > 1 else 'off':8} {streams:>7} "
+                print(f"{name:5} {precision:5} {setting:8} {streams:>7} "
                       f"{len(r['delays'])}/{len(r['delays']) + r['missing']:<5} {np.median(r['delays']):>8.3f}s "
                       f"{r['p95']:>8.3f}s {max(r['delays']):>7.3f}s {r['batch']:>10.2f} {r['cpu']:>6.0f}  "
                       f"{verdict}", flush=True)
                 if not r["ok"]:
                     break
                 best = streams
-            sustained[max_batch] = best
+            sustained[setting] = best
         finally:
             server.stop()
     return sustained
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--max-streams", type=int, default=12, help="the largest N tried (default: 12)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="PyTorch threads")
     parser.add_argument("--demo-precision", default="auto", help="precision of the demo model (default: auto)")
+    parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2],
+                        help="`serve --parallel` values tried with batching (default: 1 2)")
     parser.add_argument("--quick", action="store_true", help="2 phrases, N = 1 and 2 only: a smoke test")
     args = parser.parse_args()
     audio, spans = synthesise(2 if args.quick else args.phrases)
@@ -203,8 +209,8 @@ def main() -> None:
     print()
     for name, precision, sustained in summary:
         target = f" (target: at least {TARGET_STREAMS})" if name == "base" else ""
-        print(f"{name} ({precision}): {sustained[8]} streams sustained with batching, {sustained[1]} without"
-              f"{target}")
+        settings = ", ".join(f"{n} with batching {setting}" for setting, n in sustained.items())
+        print(f"{name} ({precision}), streams sustained: {settings}{target}")
 
 
 if __name__ == "__main__":

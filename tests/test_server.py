@@ -566,6 +566,53 @@ def test_windows_of_equal_length_share_one_pass_and_each_gets_its_own_logits(tal
     unbatched.close()
 
 
+class Overlapping:
+    """A model that counts the passes running at once (each pass lasts at least 0.2 s)."""
+
+    def __init__(self, model):
+        self.model, self.config, self.vocab = model, model.config, model.vocab
+        self.running, self.most, self.lock = 0, 0, threading.Lock()
+        self.threads: set[int] = set()
+
+    def __call__(self, waveform, attention_mask=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(torch.get_num_threads())
+        time.sleep(0.2)
+        try:
+            return self.model(waveform, attention_mask)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_parallel_passes_overlap_but_file_chunks_run_one_at_a_time(talker, live):
+    model = wav2vec2.load_model(talker)
+    counted = Overlapping(model)
+    torch.set_num_threads(2)
+    shared = SharedModel(counted, max_batch=1, parallel=2)
+    torch.set_num_threads(1)
+    call = shared.proxy(live)
+    rng = np.random.default_rng(1)
+    windows = [torch.from_numpy(rng.standard_normal((1, 16000)).astype(np.float32)) for _ in range(4)]
+    results: dict[int, torch.Tensor] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: call(windows[i])})) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert counted.most == (2 if live else 1)  # two live passes at once; file chunks one at a time
+    assert counted.threads == {1}  # the two threads shared out between the passes
+    with torch.inference_mode():
+        for i in range(4):
+            assert torch.equal(results[i], model(windows[i]))
+    shared.close()
+    with pytest.raises(RuntimeError, match="shut down"):
+        call(windows[0])
+
+
 def test_serve_fails_in_one_line(talker, tmp_path):
     def one_line(*args) -> str:
         result = subprocess.run([COMMAND, "serve", *map(str, args)], capture_output=True, text=True, timeout=120,

@@ -1,10 +1,13 @@
-"""One model shared by many callers: every forward pass runs on one thread, and the model windows
-of concurrent live streams that have the same length run as one batch.
+"""One model shared by many callers: forward passes run on threads of their own (one by default),
+and the model windows of concurrent live streams that have the same length run as one batch.
 
-Why one thread: a CPU has few cores, and two forward passes at once only fight over them; one
-queue also keeps the memory of one pass at a time. Why batches: on a CPU, one (B, T) pass
+Why few threads: a CPU has few cores, and many forward passes at once only fight over them; a
+queue also bounds the memory of the passes in flight. Why batches: on a CPU, one (B, T) pass
 multiplies bigger matrices than B passes of (1, T) and wastes less time between operators
-(`benchmarks/server.py` measures by how much); on a GPU it is the only way to fill it.
+(`benchmarks/server.py` measures by how much); on a GPU it is the only way to fill it. Why
+`parallel` passes: the short windows of live streams keep two threads of one pass only partly
+busy (the gaps between operators, the small products), so two passes of one thread each can get
+more done than one pass of two threads (`benchmarks/server.py --parallel 2` measures it).
 
 Batching is exact only for windows of the same length: padding would change the output of the
 checkpoints without an attention mask (their first GroupNorm averages over the padding). So only
@@ -14,8 +17,9 @@ A batched pass can differ from a pass on one window in the last bits of float ro
 
 Callers use `SharedModel.proxy(live)` in place of the model (it has the model's attributes; only a
 call is different), so `StreamingRecognizer` and `transcribe_many` run unchanged, each in its own
-thread, blocking until their pass is done. Live windows go first; file chunks (20 s, much longer
-passes) run one at a time between rounds of live windows, so neither kind starves the other.
+thread, blocking until their pass is done. Live windows go first, in rounds: the windows queued
+when a round starts, grouped by length. File chunks (20 s, much longer passes) run one at a time
+between rounds, so neither kind starves the other.
 """
 
 from __future__ import annotations
@@ -50,25 +54,31 @@ class BatchStats:
 
 
 class SharedModel:
-    """Runs the forward passes of many threads on one model, on one thread of its own.
+    """Runs the forward passes of many threads on one model, on `parallel` threads of its own
+    (PyTorch's threads of the creating thread shared out among them).
 
     `max_batch` caps the live windows in one pass (1: no cross-stream batching). Call `close()`
-    to stop the thread; requests still queued then fail with RuntimeError.
+    to stop the threads; requests still queued then fail with RuntimeError.
     """
 
-    def __init__(self, model, max_batch: int = 8):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    def __init__(self, model, max_batch: int = 8, parallel: int = 1):
+        if max_batch < 1 or parallel < 1:
+            raise ValueError(f"max_batch and parallel must be at least 1, not {max_batch} and {parallel}")
         self.model = model
         self.max_batch = max_batch
         self.stats = BatchStats()
         self._live: deque[_Request] = deque()
         self._files: deque[_Request] = deque()
+        self._round: deque[list[_Request]] = deque()  # groups of live windows not yet taken
+        self._file_due = False  # a file chunk waited through the round in progress: it goes next
+        self._file_running = False  # one file chunk at a time: its pass is the largest in memory
         self._condition = threading.Condition()
         self._closed = False
-        self._threads = torch.get_num_threads()  # torch's setting is per thread: carry it over
-        self._thread = threading.Thread(target=self._work, name="wav2vec2-model", daemon=True)
-        self._thread.start()
+        self._threads = max(1, torch.get_num_threads() // parallel)  # torch's setting is per thread
+        self._workers = [threading.Thread(target=self._work, name=f"wav2vec2-model-{i}", daemon=True)
+                         for i in range(parallel)]
+        for worker in self._workers:
+            worker.start()
 
     def proxy(self, live: bool) -> ModelProxy:
         """A stand-in for the model whose calls run here: live windows (batched) or file chunks."""
@@ -87,27 +97,46 @@ class SharedModel:
     def close(self) -> None:
         with self._condition:
             self._closed = True
-            self._condition.notify()
-        self._thread.join()
+            self._condition.notify_all()
+        for worker in self._workers:
+            worker.join()
 
     def _work(self) -> None:
         torch.set_num_threads(self._threads)
         with torch.inference_mode():
             while True:
                 with self._condition:
-                    while not (self._live or self._files or self._closed):
+                    while not self._closed and (task := self._next()) is None:
                         self._condition.wait()
                     if self._closed:
-                        for request in [*self._live, *self._files]:
+                        queued = [*self._live, *self._files, *(r for group in self._round for r in group)]
+                        self._live.clear()
+                        self._files.clear()
+                        self._round.clear()
+                        for request in queued:
                             request.future.set_exception(RuntimeError("the model is shut down"))
                         return
-                    live = list(self._live)
-                    self._live.clear()
-                    file = self._files.popleft() if self._files else None  # one chunk per round
-                for group in _groups(live, self.max_batch):
-                    self._run(group, live=True)
-                if file is not None:
-                    self._run([file], live=False)
+                requests, live = task
+                self._run(requests, live)
+                if not live:
+                    with self._condition:
+                        self._file_running = False
+                        self._condition.notify_all()
+
+    def _next(self) -> tuple[list[_Request], bool] | None:
+        """The next pass to run (called holding the lock): the next group of the round of live
+        windows; between rounds a file chunk, unless one is running; None if nothing can run."""
+        if not self._round:
+            if self._files and not self._file_running and (self._file_due or not self._live):
+                self._file_due, self._file_running = False, True
+                return [self._files.popleft()], False
+            if self._live:
+                self._round.extend(_groups(list(self._live), self.max_batch))
+                self._live.clear()
+                self._file_due = bool(self._files)  # a chunk that waited through this round goes next
+        if self._round:
+            return self._round.popleft(), True
+        return None
 
     def _run(self, requests: list[_Request], live: bool) -> None:
         try:
@@ -123,12 +152,13 @@ class SharedModel:
             for request in requests:
                 request.future.set_exception(error)
             return
-        self.stats.passes += 1
-        if live:
-            windows = sum(len(r.waveform) for r in requests)
-            self.stats.live_passes += 1
-            self.stats.live_windows += windows
-            self.stats.largest_batch = max(self.stats.largest_batch, windows)
+        with self._condition:
+            self.stats.passes += 1
+            if live:
+                windows = sum(len(r.waveform) for r in requests)
+                self.stats.live_passes += 1
+                self.stats.live_windows += windows
+                self.stats.largest_batch = max(self.stats.largest_batch, windows)
         for request, output in zip(requests, outputs):
             request.future.set_result(output)
 

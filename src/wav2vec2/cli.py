@@ -403,7 +403,7 @@ def serve_command(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else os.environ.get("WAV2VEC2_API_KEY") or None
     settings = ServerSettings(model_name=str(args.model), max_streams=args.max_streams, api_key=api_key,
                               max_upload=round(args.max_upload_mb * 2**20), max_message=round(args.max_message_kb * 1024),
-                              idle_timeout=args.idle_timeout, max_batch=args.max_batch)
+                              idle_timeout=args.idle_timeout, max_batch=args.max_batch, parallel=args.parallel)
     settings.validate()
     make_decoder = beam_decoder(args)  # LM and lexicon files are read before the model loads
     sock = bind(args.host, args.port)  # and a taken port fails before the model loads too
@@ -604,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=8,
                    help="live model windows of different streams run in one forward pass; 1 turns batching off "
                         "(default: 8)")
+    p.add_argument("--parallel", type=positive_int, default=1,
+                   help="forward passes run at once, each on --threads / N threads: 2 keeps two cores busier "
+                        "with the short windows of many live streams (default: 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default: auto)")

@@ -9,7 +9,7 @@ Built on Starlette, served by uvicorn: Starlette is the small ASGI toolkit that 
 (routing, multipart forms, WebSockets, static files) without FastAPI's pydantic layer, which
 four routes do not need; uvicorn is the usual server for it. Both are maintained and typed.
 
-The event loop only moves bytes. The model runs on one thread of its own (batching.SharedModel):
+The event loop only moves bytes. The model runs on threads of its own (batching.SharedModel, one by default):
 each live stream feeds its StreamingRecognizer on a worker thread, whose model windows are
 batched with those of other streams; a file is transcribed by `transcribe_many` on another
 worker thread, its 20 s chunks taking turns with the live windows. So the server keeps answering
@@ -92,12 +92,13 @@ class ServerSettings:
     max_message: int = 2**20  # WebSocket message (audio or JSON)
     idle_timeout: float = 30.0  # a live stream that sends nothing this long is closed
     max_batch: int = 8  # live model windows in one forward pass (1: no cross-stream batching)
+    parallel: int = 1  # forward passes at once, PyTorch's threads shared out among them
     file_workers: int = 2  # files transcribed at once (their chunks share the model in turns)
     chunk_length: float = 20.0  # file chunks, as `wav2vec2 transcribe`
     stride: float = 2.0
 
     def validate(self) -> None:
-        for name in ("max_streams", "max_upload", "max_message", "max_batch", "file_workers"):
+        for name in ("max_streams", "max_upload", "max_message", "max_batch", "parallel", "file_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not self.idle_timeout > 0:
@@ -129,7 +130,7 @@ class SpeechServer:
         self.settings.validate()
         self.model = model
         self.decoder = decoder
-        self.shared = SharedModel(model, self.settings.max_batch)
+        self.shared = SharedModel(model, self.settings.max_batch, self.settings.parallel)
         self._live_model, self._file_model = self.shared.proxy(live=True), self.shared.proxy(live=False)
         self._vad = SileroVAD()  # one ONNX session; each stream gets a copy with its own state
         self._stream_pool = ThreadPoolExecutor(self.settings.max_streams + 2, thread_name_prefix="wav2vec2-stream")
@@ -165,7 +166,8 @@ class SpeechServer:
                              "streams": self.streams, "max_streams": self.settings.max_streams,
                              "auth_required": self.settings.api_key is not None,
                              "max_upload": self.settings.max_upload, "max_message": self.settings.max_message,
-                             "batching": {"max_batch": self.settings.max_batch, "live_passes": stats.live_passes,
+                             "batching": {"max_batch": self.settings.max_batch, "parallel": self.settings.parallel,
+                                          "live_passes": stats.live_passes,
                                           "live_windows": stats.live_windows, "largest_batch": stats.largest_batch}})
 
     async def transcriptions(self, request):
