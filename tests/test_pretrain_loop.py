@@ -108,8 +108,23 @@ def test_schedules_follow_the_length_of_the_run_and_the_log_says_which(corpus, t
         terms = record["contrastive_loss"] + 0.5 * record["diversity_loss"] + 10 * record["feature_penalty"]
         assert record["loss"] == pytest.approx(terms, rel=1e-5)  # --diversity-weight 0.5, not the config's 0.1
     assert json.loads((tmp_path / "final" / "config.json").read_text())["diversity_loss_weight"] == 0.5
+    assert start["feature_encoder"] == {"grad_mult": 0.1, "penalty_weight": 10.0, "normalized_input": False}
     paper = PretrainSettings(data="", out="", max_steps=4, gumbel_decay=0.9)  # the per-update factor instead
     assert [temperature_at(step, paper) for step in range(3)] == pytest.approx([2.0, 1.8, 1.62])
+
+
+def test_the_layer_family_pretrains_as_fairseqs_large_recipe(corpus, tmp_path):
+    """fairseq's large recipe: full gradient to the feature encoder, no feature penalty, normalised input."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**PRESETS["tiny"], "feat_extract_norm": "layer", "do_stable_layer_norm": True}))
+    run = tmp_path / "run"
+    pretrain(PretrainSettings(data=str(corpus), out=str(run), config=str(config), max_steps=2, log_every=1,
+                              num_negatives=5, max_seconds=2))
+    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert start["feature_encoder"] == {"grad_mult": 1.0, "penalty_weight": 0.0, "normalized_input": True}
+    for record in records(run):
+        assert record["feature_penalty"] > 0  # measured, but not in the loss
+        assert record["loss"] == pytest.approx(record["contrastive_loss"] + 0.1 * record["diversity_loss"], rel=1e-5)
 
 
 def test_a_run_stuck_at_chance_warns_once_in_one_line(corpus, tmp_path):

@@ -61,8 +61,8 @@ class PretrainSettings:
     gumbel_end: float = 0.5
     gumbel_anneal: float = 0.7  # share of max_steps over which the temperature falls from start to end
     gumbel_decay: float | None = None  # instead, the paper's factor per update (0.999995)
-    feature_grad_mult: float = 0.1
-    feature_penalty_weight: float = 10.0
+    feature_grad_mult: float | None = None  # default: 0.1 for the "group" family, 1.0 for "layer"
+    feature_penalty_weight: float | None = None  # default: 10 for the "group" family, 0 for "layer"
     diversity_weight: float | None = None  # default: the model config's diversity_loss_weight (0.1)
     normalize: bool | None = None  # zero-mean unit-variance input; default: only for "layer" models
 
@@ -101,8 +101,10 @@ HELP = {
                      "to --gumbel-end (then stays there)",
     "gumbel_decay": "instead of --gumbel-anneal, multiply the temperature by this after every update, whatever "
                     "the run's length (the paper: 0.999995)",
-    "feature_grad_mult": "scales the gradient that reaches the feature encoder",
-    "feature_penalty_weight": "weight of the feature-encoder output penalty (mean squared activation)",
+    "feature_grad_mult": "scales the gradient that reaches the feature encoder (default: 0.1 for the \"group\" "
+                         "family, 1.0 for the \"layer\" family, as fairseq's base and large recipes)",
+    "feature_penalty_weight": "weight of the feature-encoder output penalty, the mean squared activation "
+                              "(default: 10 for the \"group\" family, 0 for the \"layer\" family)",
     "diversity_weight": "weight of the diversity loss, which keeps the codebooks in use (default: the config's "
                         "diversity_loss_weight, 0.1)",
     "normalize": "feed each crop at zero mean and unit variance (default: only for the \"layer\" family)",
@@ -177,7 +179,12 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     if settings.diversity_weight is not None:  # saved with the model, so a resumed run keeps it
         config.diversity_loss_weight = settings.diversity_weight
     out.mkdir(parents=True, exist_ok=True)
-    normalize = settings.normalize if settings.normalize is not None else config.feat_extract_norm == "layer"
+    layer_family = config.feat_extract_norm == "layer"  # fairseq's large recipe against its base one
+    normalize = settings.normalize if settings.normalize is not None else layer_family
+    feature_grad_mult = settings.feature_grad_mult if settings.feature_grad_mult is not None else (
+        1.0 if layer_family else 0.1)
+    feature_penalty_weight = settings.feature_penalty_weight if settings.feature_penalty_weight is not None else (
+        0.0 if layer_family else 10.0)
 
     min_samples = max(int(settings.min_seconds * SAMPLE_RATE),
                       config.receptive_field + config.samples_per_frame * settings.mask_length)
@@ -187,7 +194,7 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     order = BatchOrder(batches, runtime.world, settings.seed)
 
     torch.manual_seed(settings.seed)
-    model = Wav2Vec2ForPreTraining(config, settings.feature_grad_mult, settings.feature_penalty_weight)
+    model = Wav2Vec2ForPreTraining(config, feature_grad_mult, feature_penalty_weight)
     model.to(runtime.device)
     optimizer = make_optimizer([(list(model.parameters()), settings.lr)], settings.weight_decay)
     peaks = peak_lrs(optimizer)
@@ -202,7 +209,9 @@ def _pretrain(settings: PretrainSettings, runtime: Runtime) -> Path:
     if runtime.main and not settings.resume:
         log.write({"event": "start", "utterances": len(entries), "batches": len(batches), "skipped": skipped,
                    "processes": runtime.world, "precision": precision, "settings": asdict(settings), "schedules":
-                   describe_schedules(settings, warmup), "parameters": sum(p.numel() for p in model.parameters())})
+                   describe_schedules(settings, warmup), "parameters": sum(p.numel() for p in model.parameters()),
+                   "feature_encoder": {"grad_mult": feature_grad_mult, "penalty_weight": feature_penalty_weight,
+                                       "normalized_input": normalize}})
     health = HealthWatch(settings.num_negatives + settings.cross_negatives, config.num_codevector_groups *
                          config.num_codevectors_per_group, patience_for(settings.max_steps, settings.log_every),
                          start=warmup)
