@@ -604,9 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=8,
                    help="live model windows of different streams run in one forward pass; 1 turns batching off "
                         "(default: 8)")
-    p.add_argument("--parallel", type=positive_int, default=1,
+    p.add_argument("--parallel", type=positive_int, default=2,
                    help="forward passes run at once, each on --threads / N threads: 2 keeps two cores busier "
-                        "with the short windows of many live streams (default: 1)")
+                        "with the short windows of many live streams; 1 gives a lone file all threads (default: 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default: auto)")

@@ -9,7 +9,7 @@ Built on Starlette, served by uvicorn: Starlette is the small ASGI toolkit that 
 (routing, multipart forms, WebSockets, static files) without FastAPI's pydantic layer, which
 four routes do not need; uvicorn is the usual server for it. Both are maintained and typed.
 
-The event loop only moves bytes. The model runs on threads of its own (batching.SharedModel, one by default):
+The event loop only moves bytes. The model runs on threads of its own (batching.SharedModel, two by default):
 each live stream feeds its StreamingRecognizer on a worker thread, whose model windows are
 batched with those of other streams; a file is transcribed by `transcribe_many` on another
 worker thread, its 20 s chunks taking turns with the live windows. So the server keeps answering
@@ -92,7 +92,7 @@ class ServerSettings:
     max_message: int = 2**20  # WebSocket message (audio or JSON)
     idle_timeout: float = 30.0  # a live stream that sends nothing this long is closed
     max_batch: int = 8  # live model windows in one forward pass (1: no cross-stream batching)
-    parallel: int = 1  # forward passes at once, PyTorch's threads shared out among them
+    parallel: int = 2  # forward passes at once, PyTorch's threads shared out among them
     file_workers: int = 2  # files transcribed at once (their chunks share the model in turns)
     chunk_length: float = 20.0  # file chunks, as `wav2vec2 transcribe`
     stride: float = 2.0
