@@ -134,6 +134,7 @@ class SharedModel:
                 self._round.extend(_groups(list(self._live), self.max_batch))
                 self._live.clear()
                 self._file_due = bool(self._files)  # a chunk that waited through this round goes next
+                self._condition.notify()  # the round may hold groups for another model thread too
         if self._round:
             return self._round.popleft(), True
         return None
