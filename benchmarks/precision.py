@@ -30,7 +30,7 @@ import torch
 from machine import describe_machine
 
 from wav2vec2 import load_model
-from wav2vec2.audio import load_audio
+from wav2vec2.audio import SAMPLE_RATE, load_audio
 from wav2vec2.decoding import best_path, greedy_decode
 from wav2vec2.evaluate import log_probs_of
 from wav2vec2.manifest import read_manifest
@@ -61,7 +61,7 @@ def main() -> None:
         sys.exit(f"{args.manifest}: needs transcripts for every utterance")
     waveforms = [load_audio(entry.audio) for entry in entries]
     references = [normalize_text(entry.text) for entry in entries]
-    audio_seconds = sum(len(w) for w in waveforms) / 16000
+    audio_seconds = sum(len(w) for w in waveforms) / SAMPLE_RATE
 
     print(describe_machine())
     print(f"model {args.model}, {args.manifest}: {len(entries)} utterances, {audio_seconds / 60:.1f} min, "

@@ -591,9 +591,10 @@ class Overlapping:
 def test_parallel_passes_overlap_but_file_chunks_run_one_at_a_time(talker, live):
     model = wav2vec2.load_model(talker)
     counted = Overlapping(model)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     shared = SharedModel(counted, max_batch=1, parallel=2)
-    torch.set_num_threads(1)
+    torch.set_num_threads(before)
     call = shared.proxy(live)
     rng = np.random.default_rng(1)
     windows = [torch.from_numpy(rng.standard_normal((1, 16000)).astype(np.float32)) for _ in range(4)]

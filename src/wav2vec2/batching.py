@@ -5,9 +5,9 @@ Why few threads: a CPU has few cores, and many forward passes at once only fight
 queue also bounds the memory of the passes in flight. Why batches: on a CPU, one (B, T) pass
 multiplies bigger matrices than B passes of (1, T) and wastes less time between operators
 (`benchmarks/server.py` measures by how much); on a GPU it is the only way to fill it. Why
-`parallel` passes: the short windows of live streams keep two threads of one pass only partly
-busy (the gaps between operators, the small products), so two passes of one thread each can get
-more done than one pass of two threads (`benchmarks/server.py --parallel 2` measures it).
+`parallel` passes: passes over the short windows of live streams kept two threads only partly
+busy (130-150 % CPU with three and four base streams), so two passes of one thread each can get more done
+than one pass of two threads (`benchmarks/server.py --parallel 2` measures it).
 
 Batching is exact only for windows of the same length: padding would change the output of the
 checkpoints without an attention mask (their first GroupNorm averages over the padding). So only
