@@ -16,9 +16,11 @@ import torch
 import transformers
 
 import wav2vec2
+from wav2vec2.audio import Preprocessing
 from wav2vec2.evaluate import evaluate
 from wav2vec2.manifest import read_manifest
-from wav2vec2.train.finetune import FinetuneSettings, alignable, build_model, finetune
+from wav2vec2.train.data import change_speed
+from wav2vec2.train.finetune import FinetuneSettings, alignable, build_model, finetune, load_labelled_batch
 from wav2vec2.train.loop import tri_stage
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
 
@@ -158,9 +160,29 @@ def test_bf16_training_on_cpu_follows_fp32_with_float32_weights(spelled, tmp_pat
     np.testing.assert_allclose(runs["bf16"], runs["fp32"], rtol=0.02)  # ...and trains the same model
 
 
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_plays_faster_and_higher(spelled, factor):
+    """Oracle: a 200 Hz tone played `factor` times as fast lasts 1/factor as long at 200 x factor Hz;
+    in a batch each utterance gets its own factor."""
+    tone = np.sin(2 * np.pi * 200 * np.arange(32000) / 16000).astype(np.float32)
+    faster = change_speed(tone, factor)
+    assert len(faster) == pytest.approx(32000 / factor, abs=2)
+    spectrum = np.abs(np.fft.rfft(faster * np.hanning(len(faster))))
+    assert np.argmax(spectrum) * 16000 / len(faster) == pytest.approx(200 * factor, abs=0.5)
+
+    entries = read_manifest(spelled)
+    plain = Preprocessing(do_normalize=False)
+    _, lengths, _ = load_labelled_batch(entries, [0, 1], plain)
+    _, changed, _ = load_labelled_batch(entries, [0, 1], plain, speeds=[factor, 1.0])
+    assert int(changed[0]) == pytest.approx(int(lengths[0]) / factor, abs=2)
+    assert int(changed[1]) == int(lengths[1])
+
+
 def test_resume_after_kill_repeats_the_uninterrupted_run(spelled, tmp_path):
+    """With speed perturbation on: its factors too must be the same after a resume."""
     common = ["finetune", "--init", "tiny", "--train", str(spelled), "--max-steps", "80", "--save-every", "5",
-              "--log-every", "1", "--lr", "1e-3", "--max-batch-seconds", "6", "--freeze-steps", "10"]
+              "--log-every", "1", "--lr", "1e-3", "--max-batch-seconds", "6", "--freeze-steps", "10",
+              "--speed-perturb", "0.1"]
     whole = subprocess.run([COMMAND, *common, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
                            timeout=600)
     assert whole.returncode == 0, whole.stderr

@@ -259,11 +259,12 @@ The runs, as executed:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="the corpus of make_corpus.py")
-    parser.add_argument("--out", type=Path, default=Path("runs/synthetic"))
+    parser.add_argument("--out", type=Path, default=Path("runs/synthetic"),
+                        help="folder for the runs, their logs and RESULTS.md (default: runs/synthetic)")
     parser.add_argument("--budget", type=float, default=1.0, help="scales every run's updates (default: 1.0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (default): cuda when a GPU is present, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     args = parser.parse_args()
     for name in ("pretrain", "train_10min", "train_1h", "dev", *TEST_SETS):
         if not (args.data / f"{name}.tsv").is_file():

@@ -12,9 +12,10 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import soxr
 import torch
 
-from ..audio import AudioFile, load_audio, normalize
+from ..audio import SAMPLE_RATE, AudioFile, load_audio, normalize
 from ..errors import AudioError, Wav2Vec2Error
 from ..manifest import Entry
 
@@ -22,6 +23,13 @@ from ..manifest import Entry
 def rng_for(seed: int, step: int, index: int, purpose: int) -> np.random.Generator:
     """The generator of one random choice (`purpose`) about utterance `index` at `step`."""
     return np.random.default_rng([seed, step, index, purpose])
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """The audio played `factor` times as fast, tempo and pitch together as a tape would (speed
+    perturbation, against voices the training set lacks): read as if recorded at 16 kHz x factor,
+    resampled to 16 kHz."""
+    return soxr.resample(audio, SAMPLE_RATE * factor, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
 
 
 def measure(entries: Sequence[Entry], min_samples: int) -> tuple[list[Entry], list[int], dict[str, int]]:

@@ -31,7 +31,7 @@ from ..manifest import Entry, load_data
 from ..model import PRESETS, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths, preset_config
 from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
-from .data import BatchOrder, make_batches, measure, rng_for
+from .data import BatchOrder, change_speed, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
                    peak_lrs, resume_point, run_training, seed_for, set_lr, training_precision, tri_stage,
                    update)
@@ -61,6 +61,7 @@ class FinetuneSettings:
     mask_time_length: int = 10
     mask_feature_prob: float = 0.1
     mask_feature_length: int = 64
+    speed_perturb: float = 0.0  # each training utterance's speed drawn from [1 - x, 1 + x]
     layerdrop: float | None = None  # default: the init checkpoint's
     log_every: int = 10
     eval_every: int = 500
@@ -94,6 +95,8 @@ HELP = {
     "mask_time_length": "time steps per masked span",
     "mask_feature_prob": "share of channels that start a zeroed channel span",
     "mask_feature_length": "channels per zeroed span",
+    "speed_perturb": "x: each training utterance played at a speed drawn from [1-x, 1+x], tempo and pitch "
+                     "together (0: off; 0.1 spans Kaldi's 0.9-1.1; a slowed batch exceeds --max-batch-seconds)",
     "layerdrop": "probability of skipping each Transformer layer in training (default: the init checkpoint's)",
     "log_every": "updates between two lines of log.jsonl",
     "eval_every": "updates between two scorings of --dev",
@@ -188,16 +191,19 @@ def labelled(entries: list[Entry], vocab: Vocabulary) -> tuple[list[int], list[l
     return kept, labels, skipped
 
 
-def load_labelled_batch(entries: list[Entry], indices: list[int], preprocessing: Preprocessing
-                        ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Padded audio (batch, samples), the real lengths, and the indices that could be read."""
+def load_labelled_batch(entries: list[Entry], indices: list[int], preprocessing: Preprocessing,
+                        speeds: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Padded audio (batch, samples), the real lengths, and the indices that could be read;
+    `speeds`, one per index, change each utterance's speed (data.change_speed)."""
     arrays, kept = [], []
-    for index in indices:
+    for position, index in enumerate(indices):
         try:
             audio = load_audio(entries[index].audio)
         except AudioError as error:
             warnings.warn(f"skipping {error}", stacklevel=2)
             continue
+        if speeds is not None and speeds[position] != 1.0:
+            audio = change_speed(audio, speeds[position])
         arrays.append(normalize(audio) if preprocessing.do_normalize else audio)
         kept.append(index)
     if not arrays:
@@ -219,6 +225,8 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
 
     if settings.best_metric not in ("wer", "cer"):
         raise Wav2Vec2Error(f"best_metric must be wer or cer, not {settings.best_metric!r}")
+    if not 0 <= settings.speed_perturb < 1:
+        raise Wav2Vec2Error(f"speed_perturb must be at least 0 and below 1, not {settings.speed_perturb}")
     precision = training_precision(runtime.device, settings.precision)
     out = Path(settings.out)
     checkpoints = out / "checkpoints"
@@ -273,8 +281,12 @@ def _finetune(settings: FinetuneSettings, runtime: Runtime) -> Path:
         frozen = step < settings.freeze_steps
         for micro in range(settings.accumulate):
             index = step * settings.accumulate + micro
-            waveform, sample_lengths, kept = load_labelled_batch(entries, order.batch(index, runtime.rank),
-                                                                 model.preprocessing)
+            batch = order.batch(index, runtime.rank)
+            speeds = None
+            if settings.speed_perturb > 0:
+                speeds = [1 + settings.speed_perturb * rng_for(settings.seed, index, utterance, 3).uniform(-1, 1)
+                          for utterance in batch]
+            waveform, sample_lengths, kept = load_labelled_batch(entries, batch, model.preprocessing, speeds)
             frames = frame_lengths(sample_lengths, config)
             usable = [alignable(int(f), labels[i]) for f, i in zip(frames, kept)]
             time_mask, channel_mask = spec_augment(kept, frames.tolist(), config, settings, index)
