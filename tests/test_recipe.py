@@ -97,6 +97,26 @@ def test_transcripts_and_audio(corpora):
             assert info.frames / 16000 == pytest.approx(entry.duration)
 
 
+def test_a_second_voicing_speaks_the_same_sentences_anew(corpora, tmp_path):
+    """--voicing 1: train_1h's sentences (the same ones, in the same order) with other voices and
+    augmentation; the held-out splits cannot be re-voiced."""
+    out = tmp_path / "voicing1"
+    subprocess.run([sys.executable, str(RECIPE), "--out", str(out), "--seed", "0", "--scale", "0.01",
+                    "--pretrain-hours", "2", "--splits", "train_1h", "--voicing", "1"],
+                   check=True, capture_output=True, timeout=300)
+    first, second = metadata(corpora[0]), metadata(out)
+    first = [row for row in first if row["split"] == "train_1h"]
+    shared = min(len(first), len(second))
+    assert shared >= 3
+    assert [row["tts_text"] for row in second[:shared]] == [row["tts_text"] for row in first[:shared]]
+    drawn = ("engine", "voice", "variant", "speed_wpm", "pitch", "tempo", "noise", "peak_dbfs")
+    assert [[row[k] for k in drawn] for row in second] != [[row[k] for k in drawn] for row in first[:len(second)]]
+    refused = subprocess.run([sys.executable, str(RECIPE), "--out", str(tmp_path / "refused"), "--voicing", "1",
+                              "--splits", "test"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error: --voicing N (N > 0) needs --splits with pretrain or train_1h only"
+
+
 @pytest.mark.slow
 def test_the_full_test_set_is_rebuilt_byte_for_byte(tmp_path):
     """`--splits test` on another day and machine gives the 400 files of the corpus the experiment

@@ -183,9 +183,10 @@ def wordnet_licence() -> str:
 # Synthesis and augmentation (run in the worker processes)
 
 
-def utterance_rng(seed: int, uid: str) -> np.random.Generator:
-    """A generator that depends only on the seed and the utterance, not on which worker runs it."""
-    digest = hashlib.sha256(f"{seed}/{uid}".encode()).digest()
+def utterance_rng(seed: int, uid: str, voicing: int = 0) -> np.random.Generator:
+    """A generator that depends only on the seed, the utterance and the voicing, not on which
+    worker runs it."""
+    digest = hashlib.sha256((f"{seed}/{uid}" + (f"/voicing-{voicing}" if voicing else "")).encode()).digest()
     return np.random.default_rng([int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)])
 
 
@@ -302,9 +303,10 @@ def augment(audio: np.ndarray, rate: int, settings: Settings, rng: np.random.Gen
     return audio * (10.0 ** (settings.peak / 20.0) / np.abs(audio).max())
 
 
-def synthesise_chunk(seed: int, voices: dict[str, list[Voice]], chunk: list[tuple[str, Sentence]]) -> list[Result]:
+def synthesise_chunk(seed: int, voicing: int, voices: dict[str, list[Voice]], chunk: list[tuple[str, Sentence]]
+                     ) -> list[Result]:
     """Speak and augment a chunk of (utterance id, sentence); the same bytes whichever process runs it."""
-    rngs = {uid: utterance_rng(seed, uid) for uid, _ in chunk}
+    rngs = {uid: utterance_rng(seed, uid, voicing) for uid, _ in chunk}
     settings = {uid: draw_settings(rngs[uid], voices) for uid, _ in chunk}
     results = []
     with tempfile.TemporaryDirectory(prefix="make_corpus.") as folder:
@@ -351,8 +353,8 @@ def plan_splits(scale: float, pretrain_hours: float, available: int) -> list[Spl
     return splits + [timed("pretrain", pretrain_hours * 3600.0, left)]
 
 
-def fill_split(pool: multiprocessing.pool.Pool, split: Split, sentences: list[Sentence], seed: int, jobs: int,
-               folder: Path, failures: Counter) -> list[Utterance]:
+def fill_split(pool: multiprocessing.pool.Pool, split: Split, sentences: list[Sentence], seed: int, voicing: int,
+               jobs: int, folder: Path, failures: Counter) -> list[Utterance]:
     """Synthesise the split's sentences in order until it is full, writing the audio of those kept.
 
     The utterances kept are a prefix of the same ordered list whatever the number of workers:
@@ -369,7 +371,7 @@ def fill_split(pool: multiprocessing.pool.Pool, split: Split, sentences: list[Se
     while not split.full(len(kept), seconds):
         while chunks and len(pending) <= jobs:
             chunk = chunks.popleft()
-            pending.append((chunk, pool.apply_async(synthesise_chunk, (seed, split.voices, chunk))))
+            pending.append((chunk, pool.apply_async(synthesise_chunk, (seed, voicing, split.voices, chunk))))
         if not pending:
             raise SystemExit(f"error: {split.name}: ran out of sentences after {len(kept)} utterances "
                              f"({seconds / 3600:.2f} h); ask for fewer hours")
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--splits", nargs="+", choices=("test_voices", "test", "dev", "train_1h", "pretrain"),
                         help="build only these splits: the same utterances, byte for byte, as in the whole corpus")
+    parser.add_argument("--voicing", type=int, default=0,
+                        help="N > 0: the training splits' sentences spoken again with voices and augmentation drawn "
+                             "anew (needs --splits pretrain and/or train_1h; the held-out sentences stay held out)")
     args = parser.parse_args(argv)
     missing = [package for check, package in REQUIREMENTS if not check()]
     if missing:
@@ -452,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         print(f"error: {args.out} already exists and is not an empty folder", file=sys.stderr)
+        return 1
+    training_only = bool(args.splits) and set(args.splits) <= {"pretrain", "train_1h"}
+    if args.voicing < 0 or args.voicing > 0 and not training_only:
+        print("error: --voicing N (N > 0) needs --splits with pretrain or train_1h only", file=sys.stderr)
         return 1
     if args.scale <= 0 or args.pretrain_hours <= 0 or args.jobs < 1:
         print("error: --scale and --pretrain-hours must be positive, --jobs at least 1", file=sys.stderr)
@@ -472,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in plan:
             if args.splits is None or split.name in args.splits:
                 splits[split.name] = fill_split(pool, split, sentences[offset:offset + split.sentences], args.seed,
-                                                args.jobs, partial, failures)
+                                                args.voicing, args.jobs, partial, failures)
             offset += split.sentences
         pool.close()  # let the chunks dropped in flight finish, rather than kill them mid-synthesis
         pool.join()  # (which would leave their temporary folders behind)
