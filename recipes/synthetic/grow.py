@@ -42,14 +42,16 @@ def grow(model: Wav2Vec2ForCTC, depth: int, intermediate_size: int, seed: int = 
     old_layers = model.wav2vec2.encoder.layers
     new_layers = grown.wav2vec2.encoder.layers
     kept = {name: tensor for name, tensor in model.state_dict().items() if ".encoder.layers." not in name}
-    grown.load_state_dict(kept, strict=False)
+    missing, unexpected = grown.load_state_dict(kept, strict=False)
+    assert not unexpected and all(".encoder.layers." in name for name in missing)  # the layers come next
     width = config.intermediate_size
     with torch.no_grad():
         for index, old in enumerate(old_layers):
             for copy in range(depth):
                 new = new_layers[index * depth + copy]
+                targets = new.state_dict()
                 for name, tensor in old.state_dict().items():
-                    target = new.state_dict()[name]
+                    target = targets[name]
                     if name == "feed_forward.intermediate_dense.weight":
                         target[:width] = tensor
                         target[width:] = torch.randn(target[width:].shape, generator=generator) * config.initializer_range
