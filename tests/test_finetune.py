@@ -66,7 +66,7 @@ def test_a_tiny_model_fits_a_handful_of_clips(spelled, tmp_path):
 def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
     """From a config.json with random weights: the feature encoder learns only when asked to."""
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({**wav2vec2.model.PRESETS["tiny"], "conv_dim": [16, 32, 32, 32, 32, 32, 32]}))
+    config.write_text(json.dumps({**wav2vec2.train.presets.PRESETS["tiny"], "conv_dim": [16, 32, 32, 32, 32, 32, 32]}))
     first_layers = {}
     for train_encoder in (False, True):
         out = tmp_path / str(train_encoder)
@@ -76,7 +76,7 @@ def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
         assert model.config.conv_dim[0] == 16
         first_layers[train_encoder] = model.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     torch.manual_seed(0)  # the seed finetune() initialises with
-    untrained = wav2vec2.model.Wav2Vec2ForCTC(wav2vec2.model.preset_config(str(config), vocab_size=11),
+    untrained = wav2vec2.model.Wav2Vec2ForCTC(wav2vec2.train.presets.preset_config(str(config), vocab_size=11),
                                               wav2vec2.vocab.build_vocabulary(["ABCDEF"]), None)
     initial = untrained.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     assert torch.equal(first_layers[False], initial)

@@ -15,8 +15,9 @@ import wav2vec2
 from wav2vec2.cli import main
 from wav2vec2.kernels import (INT8_BLOCK_ROWS, Int8FeedForward, Int8Linear, Int8TimeMajorConv, TimeMajorProduct,
                               quantize_rows, quantize_weight)
-from wav2vec2.model import PRESETS, FeatureEncoder, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
+from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
 from wav2vec2.precision import LowPrecisionFeatureEncoder, apply_precision, cpu_flags, resolve_precision
+from wav2vec2.train.presets import PRESETS
 
 from .conftest import write_audio
 

@@ -18,7 +18,8 @@ import transformers
 from wav2vec2 import Wav2Vec2Error
 from wav2vec2.checkpoints import load_pretrained
 from wav2vec2.errors import CheckpointError
-from wav2vec2.model import PRESETS, frame_lengths, preset_config
+from wav2vec2.model import frame_lengths
+from wav2vec2.train.presets import PRESETS, preset_config
 from wav2vec2.pretraining import sample_distractors, span_mask
 from wav2vec2.train import loop
 from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices, temperature_at

@@ -17,8 +17,10 @@ own log. On a CPU the runs go in two lanes of one thread each, which does more w
 of two threads for a model this small: the pretraining beside the runs that do not need it, then
 the fine-tunings of the pretrained models. On a GPU (used when present) they run one after another.
 A run whose final/ exists is not run again and an interrupted one resumes from its last
-checkpoint, so the command can be repeated after a crash. `--budget` scales every run's number of
-updates.
+checkpoint, so the command can be repeated after a crash, or stopped and started again with
+other `--lanes` and `--threads` (one lane of one thread beside other work, two when the cores are
+free).
+`--budget` scales every run's number of updates.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Run:
         return "wav2vec2 " + shlex.join(self.arguments)
 
 
-def plan(data: Path, out: Path, budget: float, device: str, seed: int) -> list[list[Run]]:
+def plan(data: Path, out: Path, budget: float, device: str, seed: int, lanes: int) -> list[list[Run]]:
     """The runs, in lanes: each lane runs its runs in order, waiting for their `after` runs."""
     steps = SNAPSHOTS * max(10, round(PRETRAIN_STEPS * budget / SNAPSHOTS))
     updates = max(10, round(FINETUNE_UPDATES * budget))
@@ -86,7 +88,7 @@ def plan(data: Path, out: Path, budget: float, device: str, seed: int) -> list[l
     probes = [finetune("probe_random_train_1h", config, "train_1h", *probe, lr="2e-3"),
               finetune("probe_pretrained_train_1h", str(out / "pretrain" / "final"), "train_1h", *probe, lr="2e-3",
                        after=("pretrain",))]
-    if device == "cuda":
+    if lanes == 1:
         return [[pretrain, *scratch, probes[0], *finetuned, probes[1]]]
     later = [*finetuned, probes[1]]
     return [[pretrain, *later[1::2]], [*scratch, probes[0], *later[::2]]]
@@ -265,6 +267,10 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (default): cuda when a GPU is present, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--lanes", type=int, choices=(1, 2),
+                        help="runs side by side (default: 2 on a CPU, 1 on a GPU)")
+    parser.add_argument("--threads", type=int,
+                        help="threads of each run (default: the CPU's cores shared among the lanes)")
     args = parser.parse_args()
     for name in ("pretrain", "train_10min", "train_1h", "dev", *TEST_SETS):
         if not (args.data / f"{name}.tsv").is_file():
@@ -274,8 +280,9 @@ def main() -> None:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    lanes = plan(args.data, args.out, args.budget, args.device, args.seed)
-    threads = max(1, (os.cpu_count() or 1) // len(lanes))
+    lanes = plan(args.data, args.out, args.budget, args.device, args.seed,
+                 args.lanes or (1 if args.device == "cuda" else 2))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // len(lanes))
     start = time.perf_counter()
     try:
         run_lanes(lanes, args.out, threads)

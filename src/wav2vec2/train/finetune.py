@@ -28,7 +28,8 @@ from ..audio import SAMPLE_RATE, Preprocessing, load_audio, normalize
 from ..checkpoints import from_hf_keys, load_state, read_config, read_state_dict, resolve, save_model
 from ..errors import AudioError, DataError, Wav2Vec2Error
 from ..manifest import Entry, load_data
-from ..model import PRESETS, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths, preset_config
+from ..model import Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
+from .presets import PRESETS, preset_config
 from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, change_speed, make_batches, measure, rng_for

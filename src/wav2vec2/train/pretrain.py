@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..audio import SAMPLE_RATE, Preprocessing
 from ..checkpoints import save_model
 from ..manifest import load_data
-from ..model import Wav2Vec2Config, frame_lengths, preset_config
+from ..model import Wav2Vec2Config, frame_lengths
+from .presets import preset_config
 from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import annealed_temperature, gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
