@@ -88,6 +88,27 @@ def test_diversity_loss_and_perplexity_by_the_formula():
     assert diversity_loss(code_perplexity(uniform), 2, 5).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_diversity_gradient_is_finite_when_a_code_probability_underflows():
+    # A collapsed codebook (as at update 778 of a synthetic run): entry 2 of group 1 lies 200 below
+    # the others at every step, so its float32 softmax is exactly 0 (exp(-200) < 1e-45), and so is
+    # its average. The gradient is finite: the analytic one, in float64, where nothing underflows.
+    logits = torch.randn(6, 2, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    logits[:, 1, 2] -= 200
+    mask = torch.tensor([True, False, True, True, False, True])
+    ours = logits.float().requires_grad_(True)
+    assert (ours.softmax(-1)[:, 1, 2] == 0).all()
+    diversity_loss(code_perplexity(ours.softmax(-1), mask), 2, 5).backward()
+
+    # d perplexity_g / d logit_{s,g,k} = P_g / N * p_sk * (sum_e p_se log avg_e - log avg_k) at the N masked steps
+    p = logits.softmax(-1)
+    average = p[mask].mean(0)
+    perplexity = torch.exp(-(average * average.log()).sum(-1))
+    mixed = (p * average.log()).sum(-1, keepdim=True)
+    expected = -(perplexity[:, None] / mask.sum() * p * (mixed - average.log())) / 10 * mask[:, None, None]
+    assert torch.isfinite(ours.grad).all()
+    assert torch.allclose(ours.grad.double(), expected, rtol=1e-4, atol=1e-8)
+
+
 def test_feature_penalty_counts_real_frames_only():
     features = torch.arange(12.0).view(1, 4, 3)
     mask = torch.tensor([[True, True, False, False]])

@@ -44,8 +44,13 @@ def perplexity_of(average: torch.Tensor) -> torch.Tensor:
 
 def group_perplexities(average: torch.Tensor) -> torch.Tensor:
     """(groups, entries) average codebook distribution -> (groups,) exp(entropy) of each: from 1
-    (one entry always) to V (all equally)."""
-    return torch.exp(-torch.xlogy(average, average).sum(-1))
+    (one entry always) to V (all equally).
+
+    An entry never chosen can have an average of exactly 0 (its softmax underflows in float32 when
+    its logit is ~100 below the top one), where the gradient of xlogy(p, p) is 0/0 = NaN. The log's
+    argument is clamped to the smallest normal number: the entropy changes by < 1e-38 per entry,
+    and that entry's share of the logits' gradient is its limit, 0 (its softmax, 0, times a log)."""
+    return torch.exp(-torch.xlogy(average, average.clamp_min(torch.finfo(average.dtype).tiny)).sum(-1))
 
 
 def gumbel_softmax(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None = None) -> torch.Tensor:
