@@ -64,7 +64,7 @@ def plan(data: Path, out: Path, budget: float, device: str, seed: int, lanes: in
     common = ["--device", device, "--seed", str(seed)]
     config = os.path.relpath(MODEL_CONFIG)  # as a reader would type it, from the repository
     pretrain = Run("pretrain", ["pretrain", "--data", str(data / "pretrain.tsv"), "--config", config,
-                                "--out", str(out / "pretrain"), "--max-steps", str(steps), "--lr", "1e-3",
+                                "--out", str(out / "pretrain"), "--max-steps", str(steps), "--diversity-weight", "0.3",
                                 "--normalize", "--mask-length", "5", "--max-batch-seconds", "20",
                                 "--models-every", str(steps // SNAPSHOTS), "--log-every", "25",
                                 "--save-every", "250", *common])
