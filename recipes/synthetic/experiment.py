@@ -19,8 +19,7 @@ the fine-tunings of the pretrained models. On a GPU (used when present) they run
 A run whose final/ exists is not run again and an interrupted one resumes from its last
 checkpoint, so the command can be repeated after a crash, or stopped and started again with
 other `--lanes` and `--threads` (one lane of one thread beside other work, two when the cores are
-free).
-`--budget` scales every run's number of updates.
+free). `--budget` scales every run's number of updates.
 """
 
 from __future__ import annotations
