@@ -35,8 +35,8 @@ import transformers
 from machine import describe_machine
 from wav2vec2.checkpoints import from_hf_keys, load_state
 from wav2vec2.model import Wav2Vec2Config, frame_lengths
-from wav2vec2.train.presets import PRESETS
 from wav2vec2.pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
+from wav2vec2.train.presets import PRESETS
 
 
 def build(name: str) -> tuple[Wav2Vec2ForPreTraining, transformers.Wav2Vec2ForPreTraining]:

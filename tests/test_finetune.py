@@ -23,6 +23,7 @@ from wav2vec2.train.data import change_speed
 from wav2vec2.train.finetune import FinetuneSettings, alignable, build_model, finetune, load_labelled_batch
 from wav2vec2.train.loop import tri_stage
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
+from wav2vec2.train.presets import PRESETS, preset_config
 
 from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus, write_spelled_corpus
 
@@ -66,7 +67,7 @@ def test_a_tiny_model_fits_a_handful_of_clips(spelled, tmp_path):
 def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
     """From a config.json with random weights: the feature encoder learns only when asked to."""
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({**wav2vec2.train.presets.PRESETS["tiny"], "conv_dim": [16, 32, 32, 32, 32, 32, 32]}))
+    config.write_text(json.dumps({**PRESETS["tiny"], "conv_dim": [16, 32, 32, 32, 32, 32, 32]}))
     first_layers = {}
     for train_encoder in (False, True):
         out = tmp_path / str(train_encoder)
@@ -76,7 +77,7 @@ def test_random_initialisation_can_train_the_feature_encoder(spelled, tmp_path):
         assert model.config.conv_dim[0] == 16
         first_layers[train_encoder] = model.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     torch.manual_seed(0)  # the seed finetune() initialises with
-    untrained = wav2vec2.model.Wav2Vec2ForCTC(wav2vec2.train.presets.preset_config(str(config), vocab_size=11),
+    untrained = wav2vec2.model.Wav2Vec2ForCTC(preset_config(str(config), vocab_size=11),
                                               wav2vec2.vocab.build_vocabulary(["ABCDEF"]), None)
     initial = untrained.wav2vec2.feature_encoder.conv_layers[1].conv.weight
     assert torch.equal(first_layers[False], initial)

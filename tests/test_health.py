@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from wav2vec2.train.presets import preset_config
 from wav2vec2.pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from wav2vec2.train.health import HealthWatch, codebook_usage
+from wav2vec2.train.presets import preset_config
 
 CHANCE = math.log(101)
 

@@ -19,10 +19,10 @@ from wav2vec2 import Wav2Vec2Error
 from wav2vec2.checkpoints import load_pretrained
 from wav2vec2.errors import CheckpointError
 from wav2vec2.model import frame_lengths
-from wav2vec2.train.presets import PRESETS, preset_config
 from wav2vec2.pretraining import sample_distractors, span_mask
 from wav2vec2.train import loop
 from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices, temperature_at
+from wav2vec2.train.presets import PRESETS, preset_config
 
 from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus
 

@@ -29,13 +29,13 @@ from ..checkpoints import from_hf_keys, load_state, read_config, read_state_dict
 from ..errors import AudioError, DataError, Wav2Vec2Error
 from ..manifest import Entry, load_data
 from ..model import Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
-from .presets import PRESETS, preset_config
 from ..pretraining import span_mask
 from ..vocab import Vocabulary, build_vocabulary, normalize_text
 from .data import BatchOrder, change_speed, make_batches, measure, rng_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
                    peak_lrs, resume_point, run_training, seed_for, set_lr, training_precision, tri_stage,
                    update)
+from .presets import PRESETS, preset_config
 
 
 @dataclass

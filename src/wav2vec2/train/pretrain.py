@@ -21,7 +21,6 @@ from ..audio import SAMPLE_RATE, Preprocessing
 from ..checkpoints import save_model
 from ..manifest import load_data
 from ..model import Wav2Vec2Config, frame_lengths
-from .presets import preset_config
 from ..pretraining import Wav2Vec2ForPreTraining, sample_distractors, span_mask
 from ..quantizer import annealed_temperature, gumbel_temperature
 from .data import BatchOrder, load_batch, make_batches, measure, rng_for
@@ -29,6 +28,7 @@ from .health import HealthWatch, codebook_usage, patience_for
 from .loop import (Progress, RunLog, Runtime, autocast, average_over_processes, checkpoint_on_main, make_optimizer,
                    peak_lrs, resume_point, run_training, seed_for, set_lr, training_precision, update,
                    warmup_linear_decay)
+from .presets import preset_config
 
 
 @dataclass
