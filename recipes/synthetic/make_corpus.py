@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     training_only = bool(args.splits) and set(args.splits) <= {"pretrain", "train_1h"}
     if args.voicing < 0 or (args.voicing > 0 and not training_only):
-        print("error: --voicing must be 0, or N > 0 with --splits of pretrain and/or train_1h only", file=sys.stderr)
+        print("error: --voicing N (N > 0) needs --splits with pretrain or train_1h only", file=sys.stderr)
         return 1
     if args.scale <= 0 or args.pretrain_hours <= 0 or args.jobs < 1:
         print("error: --scale and --pretrain-hours must be positive, --jobs at least 1", file=sys.stderr)
