@@ -17,6 +17,7 @@ from wav2vec2.kernels import (INT8_BLOCK_ROWS, Int8FeedForward, Int8Linear, Int8
                               quantize_rows, quantize_weight)
 from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
 from wav2vec2.precision import LowPrecisionFeatureEncoder, apply_precision, cpu_flags, resolve_precision
+from wav2vec2.train.loop import training_precision
 from wav2vec2.train.presets import PRESETS
 
 from .conftest import write_audio
@@ -178,6 +179,15 @@ def test_padded_batch_with_attention_mask_in_int8():
 @pytest.mark.parametrize("precision,threshold", [("int8", INT8_SQNR_DB), ("bf16", BF16_SQNR_DB)])
 def test_full_size_models_keep_their_logits(family, precision, threshold):
     assert logits_sqnr(random_model(family), precision, torch.randn(1, 4 * 16000)) >= threshold
+
+
+def test_training_auto_picks_bf16_where_the_cpu_multiplies_bf16():
+    cpu = torch.device("cpu")
+    for flags, expected in ((frozenset({"amx_bf16", "amx_tile"}), "bf16"), (frozenset({"avx512f", "avx512_bf16"}), "bf16"),
+                            (frozenset({"avx512f", "avx512_vnni"}), "fp32"), (frozenset(), "fp32")):
+        assert training_precision(cpu, "auto", flags) == expected
+    assert training_precision(cpu, "fp32", frozenset({"amx_bf16"})) == "fp32"  # asked for, not chosen
+    assert training_precision(cpu, "bf16", frozenset()) == "bf16"
 
 
 def test_auto_picks_bf16_with_amx_else_int8_with_vnni_for_wide_models():

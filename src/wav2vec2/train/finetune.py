@@ -82,7 +82,7 @@ HELP = {
     "seed": "seeds every random choice (masks, dropout, batch order)",
     "resume": "continue the run in --out from its latest checkpoint",
     "device": "auto (a GPU when present), cpu or cuda",
-    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX, else fp32), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX or AVX-512 BF16, else fp32), fp32, bf16 or fp16",
     "lr": "peak learning rate of AdamW (tri-stage schedule: 10%% warm-up, 40%% hold, 50%% decay)",
     "head_lr": "peak learning rate of the CTC head (default: --lr); a fresh head on a pretrained body can learn faster",
     "weight_decay": "AdamW weight decay",

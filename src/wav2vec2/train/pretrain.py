@@ -77,7 +77,7 @@ HELP = {
     "seed": "seeds every random choice (masks, distractors, noise, batch order)",
     "resume": "continue the run in --out from its latest checkpoint",
     "device": "auto (a GPU when present), cpu or cuda",
-    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX, else fp32), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs that support it and on CPUs with AMX or AVX-512 BF16, else fp32), fp32, bf16 or fp16",
     "lr": "peak learning rate of AdamW",
     "warmup": "share of --max-steps spent in the linear warm-up, before the linear decay",
     "weight_decay": "AdamW weight decay",
