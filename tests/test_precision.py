@@ -190,7 +190,7 @@ def test_training_auto_picks_bf16_where_the_cpu_multiplies_bf16():
     assert training_precision(cpu, "bf16", frozenset()) == "bf16"
 
 
-def test_auto_picks_bf16_with_amx_else_int8_with_vnni_for_wide_models():
+def test_auto_picks_bf16_with_amx_else_int8_with_vnni_for_wide_models_and_bf16_for_narrow_ones():
     amx = frozenset({"avx512f", "avx512_vnni", "amx_tile", "amx_bf16"})
     vnni, avx_vnni, avx2 = frozenset({"avx512f", "avx512_vnni"}), frozenset({"avx2", "avx_vnni"}), frozenset({"avx2"})
     assert resolve_precision("auto", flags=amx) == "bf16"
@@ -198,6 +198,9 @@ def test_auto_picks_bf16_with_amx_else_int8_with_vnni_for_wide_models():
     assert resolve_precision("auto", flags=vnni) == "int8"  # base-sized by default
     assert resolve_precision("auto", flags=avx_vnni, hidden_size=1024) == "int8"
     assert resolve_precision("auto", flags=vnni, hidden_size=256) == "fp32"  # measured slower in int8
+    avx512_bf16 = vnni | {"avx512_bf16"}
+    assert resolve_precision("auto", flags=avx512_bf16) == "int8"  # measured faster than bf16 on base
+    assert resolve_precision("auto", flags=avx512_bf16, hidden_size=256) == "bf16"  # int8 slower there (demo model)
     assert resolve_precision("auto", flags=avx2) == "fp32"
     assert resolve_precision("auto", flags=frozenset()) == "fp32"
     assert resolve_precision("auto", "cuda", flags=amx) == "fp32"
