@@ -48,7 +48,8 @@ def manifest(path, rows: list[tuple]) -> str:
 
 
 def test_scores_are_jiwers_on_the_hypotheses_of_transcribe(checkpoints, audio, tmp_path):
-    transcribed = run("transcribe", *audio, "--model", checkpoints["base"], "--format", "json")
+    transcribed = run("transcribe", *audio, "--model", checkpoints["base"], "--format", "json",
+                      "--precision", "fp32")  # as evaluate runs by default
     assert transcribed.returncode == 0, transcribed.stderr
     hypotheses = [expected_hypothesis(json.loads(line)["text"]) for line in transcribed.stdout.splitlines()]
     assert len(hypotheses) == 4 and all(hypotheses)

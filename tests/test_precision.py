@@ -201,6 +201,7 @@ def test_auto_picks_bf16_with_amx_else_int8_with_vnni_for_wide_models_and_bf16_f
     avx512_bf16 = vnni | {"avx512_bf16"}
     assert resolve_precision("auto", flags=avx512_bf16) == "int8"  # measured faster than bf16 on base
     assert resolve_precision("auto", flags=avx512_bf16, hidden_size=256) == "bf16"  # int8 slower there (demo model)
+    assert resolve_precision("auto", flags=avx512_bf16, hidden_size=128) == "fp32"  # not measured
     assert resolve_precision("auto", flags=avx2) == "fp32"
     assert resolve_precision("auto", flags=frozenset()) == "fp32"
     assert resolve_precision("auto", "cuda", flags=amx) == "fp32"
