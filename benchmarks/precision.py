@@ -11,7 +11,7 @@ points of float32, and the best token of each frame unchanged on at least 99.5 %
   whose most likely token is float32's; "same text": utterances decoded to float32's text;
   "seconds": wall time of the whole set (with the number of threads given; a side figure, the
   speed targets live in inference.py).
-* bf16 runs everywhere but pays only on CPUs with AMX; it is left out with --no-bf16.
+* bf16 runs everywhere but pays only on CPUs with bf16 products (AMX, AVX-512 BF16); --no-bf16 leaves it out.
 
 Usage: python benchmarks/precision.py --manifest data/synthetic/test.tsv [--model demo] [--limit N]
        [--threads 2] [--no-bf16]
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo", help="model name or folder (default: the shipped demo model)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--no-bf16", action="store_true", help="leave bf16 out (slow on CPUs without AMX)")
+    parser.add_argument("--no-bf16", action="store_true", help="leave bf16 out (slow on CPUs without AMX or AVX-512 BF16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -16,8 +16,8 @@ MODEL_HELP = (f"Hugging Face Hub id, local checkpoint folder, or `demo` (the shi
               f"speech, works offline) (default: {DEFAULT_MODEL})")
 
 
-PRECISION_HELP = ("auto (bf16 on CPUs with AMX; else int8 or bf16 where it measures faster, from the CPU's flags and "
-                  "the model's width; else fp32), "
+PRECISION_HELP = ("auto (bf16 on CPUs with AMX; else int8 or bf16 by the CPU's flags and the model's width, "
+                  "where they measured faster; else fp32), "
                   "fp32, bf16 or int8 (these two on CPUs only)")
 
 

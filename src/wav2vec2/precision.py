@@ -35,8 +35,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # the 32-wide "tiny" feed-forward block 3x slower. CPUs without VNNI are unmeasured: fp32.
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 INT8_MIN_WIDTH = 512
-# Where `auto` chooses bf16 without AMX: a CPU with AVX-512 BF16 and a model narrower than
-# INT8_MIN_WIDTH but at least BF16_MIN_WIDTH wide (measured at 256; narrower ones are unmeasured).
+# CPUs with bf16 products in hardware: AMX tiles, or AVX-512 BF16 dot products. Without AMX,
+# `auto` chooses bf16 for models narrower than INT8_MIN_WIDTH but at least BF16_MIN_WIDTH wide
+# (measured at 256; narrower ones are unmeasured). Training's `auto` uses the same flags.
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 BF16_MIN_WIDTH = 256
 
 
@@ -64,7 +66,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", flags:
                       hidden_size: int = 768) -> str:
     """The precision to run at. `auto` becomes bf16 on a CPU with AMX (amx_bf16); int8 on a CPU
     with int8 dot products (INT8_FLAGS) for a model at least INT8_MIN_WIDTH wide; bf16 for a
-    narrower one at least BF16_MIN_WIDTH wide on a CPU with AVX-512 BF16; else fp32, and fp32 on
+    narrower one at least BF16_MIN_WIDTH wide on a CPU with BF16_FLAGS; else fp32, and fp32 on
     GPUs. `flags` are the CPU's (cpu_flags() by default)."""
     check_precision(precision, device)
     if precision != "auto":
@@ -79,7 +81,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", flags:
     # Measured on an AMD EPYC with AVX-512 BF16, two threads: the 256-wide demo model on the 400
     # `test` utterances in 4.8 s in bf16, 5.4 s in int8, 7.0 s in fp32 (base, 30 s: int8 0.99 s,
     # bf16 1.12 s, fp32 2.49 s, hence int8 above for wide models).
-    if "avx512_bf16" in flags and hidden_size >= BF16_MIN_WIDTH:
+    if flags & BF16_FLAGS and hidden_size >= BF16_MIN_WIDTH:
         return "bf16"
     return "fp32"
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError, Wav2Vec2Error
-from ..precision import cpu_flags
+from ..precision import BF16_FLAGS, cpu_flags
 
 
 @dataclass
@@ -131,16 +131,12 @@ def tri_stage(step: int, total: int, warmup: float = 0.1, hold: float = 0.4, fin
     return math.exp(math.log(final_scale) * progress)
 
 
-# CPUs whose bf16 matrix products make a training step faster than float32: AMX tiles, or AVX-512
-# BF16 dot products. Measured on the demo model's fine-tuning step (4.3 M parameters, 16 s of
-# audio) on an AMD EPYC with AVX-512 BF16 and no AMX: 1.5x on two threads, 1.7x on one; the
-# 11.5 M grown model 1.9x. A Xeon without either trained the tiny model 0.61x as fast in bf16.
-BF16_TRAINING_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
-
 def training_precision(device: torch.device, precision: str, flags: frozenset[str] | None = None) -> str:
     """What `precision` means for a training run: `auto` is bf16 on GPUs that support it and on CPUs
-    with AMX or AVX-512 BF16 (BF16_TRAINING_FLAGS), fp32 elsewhere. `flags`: the CPU's (cpu_flags())."""
+    with bf16 products (precision.BF16_FLAGS), fp32 elsewhere. `flags`: the CPU's (cpu_flags()).
+    Measured on the demo model's fine-tuning step (16 s of audio) on an AMD EPYC with AVX-512 BF16
+    and no AMX: 1.5x as fast as float32 on two threads, 1.7x on one (the 11.5 M grown model 1.9x);
+    a Xeon with neither trained the tiny model 0.61x as fast in bf16."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise Wav2Vec2Error(f"training precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision != "auto":
@@ -150,7 +146,7 @@ def training_precision(device: torch.device, precision: str, flags: frozenset[st
     if device.type != "cpu":
         return "fp32"
     flags = cpu_flags() if flags is None else flags
-    return "bf16" if flags & BF16_TRAINING_FLAGS else "fp32"
+    return "bf16" if flags & BF16_FLAGS else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
