@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 import wav2vec2
 from wav2vec2.cli import main
-from wav2vec2.kernels import (INT8_BLOCK_ROWS, Int8FeedForward, Int8Linear, Int8TimeMajorConv, TimeMajorProduct,
-                              quantize_rows, quantize_weight)
+from wav2vec2.kernels import (INT8_BLOCK_ROWS, Int8FeedForward, Int8Linear, Int8TimeMajorConv, OneDnnLinear,
+                              TimeMajorProduct, quantize_rows, quantize_weight)
 from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
-from wav2vec2.precision import LowPrecisionFeatureEncoder, apply_precision, cpu_flags, resolve_precision
+from wav2vec2.precision import (LowPrecisionFeatureEncoder, apply_precision, cpu_flags, cpu_vendor, onednn_fp32_pays,
+                                resolve_precision, use_onednn_fp32)
 from wav2vec2.train.loop import training_precision
 from wav2vec2.train.presets import PRESETS
 
@@ -179,6 +180,41 @@ def test_padded_batch_with_attention_mask_in_int8():
 @pytest.mark.parametrize("precision,threshold", [("int8", INT8_SQNR_DB), ("bf16", BF16_SQNR_DB)])
 def test_full_size_models_keep_their_logits(family, precision, threshold):
     assert logits_sqnr(random_model(family), precision, torch.randn(1, 4 * 16000)) >= threshold
+
+
+@pytest.mark.parametrize("family", ["small", "lv60"])
+def test_float32_through_onednn_computes_what_the_plain_model_does(family):
+    """use_onednn_fp32 changes which library multiplies, not what: logits equal to float rounding
+    (with a padded batch for the lv60 family), the same state dict, and with gradients enabled the
+    layers fall back to PyTorch's products, so a converted model still trains."""
+    overrides = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True) if family == "lv60" else {}
+    model = random_model("small", **overrides)
+    waveform, mask = torch.randn(2, 20_000), None
+    if family == "lv60":
+        mask = torch.ones(2, 20_000, dtype=torch.long)
+        waveform[1, 12_000:], mask[1, 12_000:] = 0.0, 0
+    keys = model.state_dict().keys()
+    with torch.inference_mode():
+        reference = model(waveform, mask)
+    converted = use_onednn_fp32(model)
+    with torch.inference_mode():
+        actual = converted(waveform, mask)
+    assert isinstance(converted.wav2vec2.encoder.layers[0].feed_forward.output_dense, OneDnnLinear)
+    assert converted.precision == "fp32" and converted.state_dict().keys() == keys
+    assert (actual - reference).abs().max() <= 1e-5 * reference.abs().max()
+    with_grad = converted(waveform, mask)
+    with_grad.sum().backward()
+    assert (with_grad.detach() - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert converted.wav2vec2.encoder.layers[0].attention.in_proj.weight.grad.abs().sum() > 0
+
+
+def test_onednn_float32_is_used_on_amd_cpus_with_avx512(tmp_path):
+    assert onednn_fp32_pays(frozenset({"avx512f", "avx512_vnni"}), "AuthenticAMD")
+    assert not onednn_fp32_pays(frozenset({"avx2"}), "AuthenticAMD")  # unmeasured: MKL
+    assert not onednn_fp32_pays(frozenset({"avx512f", "amx_bf16"}), "GenuineIntel")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: fpu avx512f\n")
+    assert cpu_vendor(str(cpuinfo)) == "AuthenticAMD" and cpu_vendor(str(tmp_path / "missing")) == ""
 
 
 def test_training_auto_picks_bf16_where_the_cpu_multiplies_bf16():

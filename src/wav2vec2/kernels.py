@@ -477,15 +477,51 @@ class Int8TimeMajorConv(nn.Module):
 
 class TimeMajorProduct(nn.Module):
     """time_major_conv for inference with the weight kept in `dtype` (bfloat16, or float32 for a
-    layer kept in float): (time, channels) -> (steps, out_channels) in `dtype`, then `finish`."""
+    layer kept in float): (time, channels) -> (steps, out_channels) in `dtype`, then `finish`.
+    With `onednn` (float32 only) each block's taps are copied into one (steps, kernel * channels)
+    matrix and multiplied by oneDNN (see OneDnnLinear)."""
 
-    def __init__(self, conv: nn.Conv1d, dtype: torch.dtype):
+    def __init__(self, conv: nn.Conv1d, dtype: torch.dtype, onednn: bool = False):
         super().__init__()
         weight, bias = tap_major(conv)
-        self.stride = conv.stride[0]
-        self.register_buffer("weight", weight.detach().to(dtype).contiguous(), persistent=False)
+        self.stride, self.onednn = conv.stride[0], onednn
+        weight = weight.detach().to(dtype)
+        self.register_buffer("weight", (weight.T if onednn else weight).contiguous(), persistent=False)
         self.register_buffer("bias", bias.detach().to(dtype).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor, finish=None) -> torch.Tensor:
-        y = time_major_conv(x.to(self.weight.dtype), self.weight, self.bias, self.stride)
+        if self.onednn and not torch.is_grad_enabled():
+            taps = self.weight.shape[1]
+            steps = (x.numel() - taps) // (self.stride * x.shape[1]) + 1
+            rows = x.as_strided((steps, taps), (self.stride * x.shape[1], 1), x.storage_offset()).contiguous()
+            y = onednn_linear(rows, self.weight, self.bias)
+        else:
+            weight = self.weight.T if self.onednn else self.weight
+            y = time_major_conv(x.to(weight.dtype), weight, self.bias, self.stride)
         return y if finish is None else finish(y)
+
+
+# Float32 products through oneDNN. PyTorch's float32 matrix products go to MKL, which on AMD CPUs
+# runs a generic path: on an AMD EPYC (family 26, AVX-512) one thread multiplied 1500 x 768 x 3072
+# at 102-117 GFLOP/s through MKL and 233-264 GFLOP/s through oneDNN, the library PyTorch uses for
+# bf16 (`python benchmarks/machine.py` measures both). wav2vec2.precision decides where to use it.
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for float32 inference, computed by oneDNN (no gradient)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDnnLinear(nn.Linear):
+    """nn.Linear whose inference forward (no gradient wanted, not exporting) is onednn_linear;
+    the same parameters and state dict."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> OneDnnLinear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        module.weight, module.bias = linear.weight, linear.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or plain_ops() or x.dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        return onednn_linear(x, self.weight, self.bias)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .kernels import (Int8FeedForward, Int8Linear, Int8TimeMajorConv, TimeMajorProduct, fold_group_norm,
-                      tap_major, time_major_conv)
+from .kernels import (Int8FeedForward, Int8Linear, Int8TimeMajorConv, OneDnnLinear, TimeMajorProduct,
+                      fold_group_norm, plain_ops, tap_major, time_major_conv)
 from .model import FeatureEncoder, Wav2Vec2ForCTC
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -40,6 +40,18 @@ INT8_MIN_WIDTH = 512
 # (measured at 256; narrower ones are unmeasured). Training's `auto` uses the same flags.
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 BF16_MIN_WIDTH = 256
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD); empty where unknown."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
@@ -87,9 +99,10 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", flags:
 
 
 class LowPrecisionFeatureEncoder(FeatureEncoder):
-    """The feature encoder for inference in bf16 or int8: the first convolution in float32 (with
-    its GroupNorm folded, as in kernels.time_major_feature_encoder), every later convolution a
-    product module (kernels.TimeMajorProduct or kernels.Int8TimeMajorConv) in time-major layout.
+    """The feature encoder for inference in bf16 or int8, or float32 through oneDNN: the first
+    convolution in float32 (with its GroupNorm folded, as in kernels.time_major_feature_encoder),
+    every later convolution a product module (kernels.TimeMajorProduct or kernels.Int8TimeMajorConv)
+    in time-major layout.
     Holds the same ConvLayers (the same parameters, state dict and names) as the encoder it
     replaces.
 
@@ -108,6 +121,8 @@ class LowPrecisionFeatureEncoder(FeatureEncoder):
         self.products = nn.ModuleList(products)  # one per convolution after the first
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if plain_ops():  # traced for export: the float convolutions, as FeatureEncoder does then
+            return super().forward(waveform)
         return torch.stack([self.encode(w.contiguous()) for w in waveform])
 
     def encode(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -153,6 +168,34 @@ def int8_encoder_layer(layer: nn.Module, last: bool = False) -> nn.Module:
     return layer
 
 
+def onednn_fp32_pays(flags: frozenset[str] | None = None, vendor: str | None = None) -> bool:
+    """Whether float32 products run faster through oneDNN than through PyTorch's MKL: on AMD CPUs
+    with AVX-512, where MKL takes a generic path (kernels.py has the measurement). Intel CPUs and
+    AMD CPUs without AVX-512 are left to MKL (unmeasured)."""
+    flags = cpu_flags() if flags is None else flags
+    vendor = cpu_vendor() if vendor is None else vendor
+    return vendor == "AuthenticAMD" and "avx512f" in flags
+
+
+def use_onednn_fp32(model: Wav2Vec2ForCTC) -> Wav2Vec2ForCTC:
+    """Run a float32 model's inference products through oneDNN, in place: the six later
+    convolutions, the feature projection and the Transformer's linear layers (the state dict is
+    unchanged; with gradients enabled the layers compute as before)."""
+    body = model.wav2vec2
+    encoder = body.feature_encoder
+    if isinstance(encoder, LowPrecisionFeatureEncoder) or len(encoder.conv_layers) < 2:
+        return model
+    products = [TimeMajorProduct(layer.conv, torch.float32, onednn=True) for layer in encoder.conv_layers[1:]]
+    body.feature_encoder = LowPrecisionFeatureEncoder(encoder, products)
+    body.feature_projection.projection = OneDnnLinear.from_linear(body.feature_projection.projection)
+    for layer in body.encoder.layers:
+        attention, feed_forward = layer.attention, layer.feed_forward
+        attention.in_proj, attention.out_proj = map(OneDnnLinear.from_linear, (attention.in_proj, attention.out_proj))
+        feed_forward.intermediate_dense, feed_forward.output_dense = map(
+            OneDnnLinear.from_linear, (feed_forward.intermediate_dense, feed_forward.output_dense))
+    return model
+
+
 def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2ForCTC:
     """Convert a float32 model, for inference, to `precision` (resolved as resolve_precision
     does), in place; the model's `precision` attribute says which it got.
@@ -161,6 +204,8 @@ def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2F
     current = model.precision
     precision = resolve_precision(precision, model.device, hidden_size=model.config.hidden_size)
     if precision == current:
+        if precision == "fp32" and model.device.type == "cpu" and onednn_fp32_pays():
+            use_onednn_fp32(model)
         return model
     if current != "fp32":
         raise ValueError(f"the model already runs in {current}; load it again for {precision}")
