@@ -8,7 +8,8 @@ What is measured, and why:
   Weights are random: speed does not depend on their values, and no download is needed.
 * Implementations, all loaded from one checkpoint folder so the weights are identical:
   `transformers.Wav2Vec2ForCTC` with eager attention, the same with SDPA attention (the faster one,
-  and the one to beat), ours via `wav2vec2.load_model` in float32 ("ours") and at
+  and the one to beat), ours via `wav2vec2.load_model` in float32 ("ours"; its products through
+  oneDNN on AMD CPUs with AVX-512, where PyTorch's MKL takes a slow path) and at
   `precision="auto"` ("ours-auto": bf16 with AMX, int8 on other CPUs where it pays), and the
   ONNX export run by onnxruntime in float32 and with its dynamic int8 quantization ("ort-fp32",
   "ort-int8"; skipped without the onnx package or with --no-onnx). Once per shape, our float32

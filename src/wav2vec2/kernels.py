@@ -430,6 +430,50 @@ class Int8FeedForward(nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
+# Attention for inference, a block of query rows at a time: each block's scores (heads x rows x
+# frames) stay in cache between the two products and the softmax, where PyTorch's CPU attention
+# spends most of its time on memory and the softmax. In bf16 on an AMD EPYC with AVX-512 BF16 (one
+# thread, 12 heads, 1500 frames) it took 33 ms against 74 ms for scaled_dot_product_attention in
+# float32 or bf16; in float32 it is slower than that (96 ms), so float32 models keep PyTorch's.
+
+ATTENTION_BLOCK_ROWS = 128
+
+
+def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      key_mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v for (batch, heads, frames, head_dim) inputs, computed in
+    their dtype ATTENTION_BLOCK_ROWS query frames at a time; key_mask (batch, 1, 1, frames), True
+    = attend, or None."""
+    batch, heads, frames, dim = q.shape
+    out = q.new_empty(batch, heads, frames, dim)
+    for b in range(batch):  # each (heads, frames, head_dim) contiguous: the products read them in place
+        queries, keys, values = (q[b] * dim ** -0.5).contiguous(), k[b].contiguous().transpose(1, 2), v[b].contiguous()
+        for start in range(0, frames, ATTENTION_BLOCK_ROWS):
+            scores = torch.bmm(queries[:, start:start + ATTENTION_BLOCK_ROWS], keys)
+            if key_mask is not None:
+                scores.masked_fill_(~key_mask[b], float("-inf"))
+            out[b, :, start:start + ATTENTION_BLOCK_ROWS] = torch.bmm(scores.softmax(-1), values)
+    return out
+
+
+class BlockedAttention(nn.Module):
+    """model.Attention for inference with blocked_attention in `dtype` between its two projections
+    (which may be int8 or bf16 modules); the same parameters and names."""
+
+    def __init__(self, attention: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.heads, self.dtype = attention.heads, dtype
+        self.in_proj, self.out_proj = attention.in_proj, attention.out_proj
+
+    @torch.no_grad()  # inference only
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, frames, hidden = x.shape
+        qkv = self.in_proj(x).to(self.dtype).view(batch, frames, 3, self.heads, hidden // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        y = blocked_attention(q, k, v, key_mask)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, hidden).to(x.dtype))
+
+
 class Int8TimeMajorConv(nn.Module):
     """time_major_conv with int8 products: (time, channels) float -> (steps, out_channels) float,
     then `finish` (a per-frame function: the layer's norm and activation), block by block.

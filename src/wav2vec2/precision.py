@@ -8,11 +8,14 @@ so does the CTC head, whose logits feed the softmax of decoding.
 
 * int8: the matrix products of the six later convolutions and of the linear layers (feature
   projection, attention projections, feed-forward) are int8 (kernels.py: per-frame activation
-  scales, per-channel weight scales, int32 sums); normalisation, activations, attention (its
-  softmax), the positional convolution and the last layer's second feed-forward product stay
-  float32 (on the demo model that product alone moved the best token on 0.2 % of the frames).
-* bf16: everything after the first convolution runs in bfloat16 (PyTorch's layer norm and
-  attention accumulate in float32 inside).
+  scales, per-channel weight scales, int32 sums); normalisation, activations, the positional
+  convolution and the last layer's second feed-forward product stay float32 (on the demo model
+  that product alone moved the best token on 0.2 % of the frames); attention itself (its two
+  products and softmax) runs in bf16 on CPUs with bf16 products (BF16_FLAGS), else float32.
+* bf16: everything after the first convolution runs in bfloat16 (PyTorch's layer norm
+  accumulates in float32 inside); attention a block of frames at a time (kernels.blocked_attention).
+* fp32 on AMD CPUs with AVX-512: the same float32 network, its products computed by oneDNN
+  rather than MKL (use_onednn_fp32).
 
 tests/test_precision.py measures what this costs in accuracy (logits SQNR against float32).
 """
@@ -22,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .kernels import (Int8FeedForward, Int8Linear, Int8TimeMajorConv, OneDnnLinear, TimeMajorProduct,
-                      fold_group_norm, plain_ops, tap_major, time_major_conv)
+from .kernels import (BlockedAttention, Int8FeedForward, Int8Linear, Int8TimeMajorConv, OneDnnLinear,
+                      TimeMajorProduct, fold_group_norm, plain_ops, tap_major, time_major_conv)
 from .model import FeatureEncoder, Wav2Vec2ForCTC
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -179,8 +182,9 @@ def onednn_fp32_pays(flags: frozenset[str] | None = None, vendor: str | None = N
 
 def use_onednn_fp32(model: Wav2Vec2ForCTC) -> Wav2Vec2ForCTC:
     """Run a float32 model's inference products through oneDNN, in place: the six later
-    convolutions, the feature projection and the Transformer's linear layers (the state dict is
-    unchanged; with gradients enabled the layers compute as before)."""
+    convolutions, the feature projection and the Transformer's linear layers. The state dict is
+    unchanged; with gradients enabled the linear layers compute and train as before (the feature
+    encoder, as in int8 and bf16, is for inference: its products hold copies of the weights)."""
     body = model.wav2vec2
     encoder = body.feature_encoder
     if isinstance(encoder, LowPrecisionFeatureEncoder) or len(encoder.conv_layers) < 2:
@@ -196,15 +200,18 @@ def use_onednn_fp32(model: Wav2Vec2ForCTC) -> Wav2Vec2ForCTC:
     return model
 
 
-def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2ForCTC:
+def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32",
+                    flags: frozenset[str] | None = None) -> Wav2Vec2ForCTC:
     """Convert a float32 model, for inference, to `precision` (resolved as resolve_precision
-    does), in place; the model's `precision` attribute says which it got.
+    does), in place; the model's `precision` attribute says which it got. `flags` are the CPU's
+    (cpu_flags() by default): they decide `auto`, and whether int8 runs attention in bf16.
     int8 keeps the float weights beside their int8 copies (the state dict is unchanged, saving
     writes float32); bf16 converts them (saving writes bf16, which loading casts back)."""
     current = model.precision
-    precision = resolve_precision(precision, model.device, hidden_size=model.config.hidden_size)
+    flags = cpu_flags() if flags is None else flags
+    precision = resolve_precision(precision, model.device, flags, hidden_size=model.config.hidden_size)
     if precision == current:
-        if precision == "fp32" and model.device.type == "cpu" and onednn_fp32_pays():
+        if precision == "fp32" and model.device.type == "cpu" and onednn_fp32_pays(flags):
             use_onednn_fp32(model)
         return model
     if current != "fp32":
@@ -218,10 +225,14 @@ def apply_precision(model: Wav2Vec2ForCTC, precision: str = "fp32") -> Wav2Vec2F
         body.feature_encoder = LowPrecisionFeatureEncoder(encoder, products)
         body.feature_projection.to(torch.bfloat16)
         body.encoder.to(torch.bfloat16)
+        for layer in body.encoder.layers:
+            layer.attention = BlockedAttention(layer.attention, torch.bfloat16)
     else:
         body.feature_encoder = int8_feature_encoder(encoder)
         body.feature_projection.projection = Int8Linear.from_linear(body.feature_projection.projection)
         for layer in body.encoder.layers:
             int8_encoder_layer(layer, last=layer is body.encoder.layers[-1])
+            if flags & BF16_FLAGS:  # the softmax and its two products in bf16, where it is fast
+                layer.attention = BlockedAttention(layer.attention, torch.bfloat16)
     model.precision = precision
     return model
