@@ -1,7 +1,8 @@
 """The CPU kernels behind model.py: convolutions as matrix products in time-major layout, the
 first two convolutions block by block, the positional embedding's grouped convolution, dropout
-masks, each with hand-written gradients for training; and the int8 and bf16 products of
-inference in reduced precision (wav2vec2.precision applies them).
+masks, each with hand-written gradients for training; and for inference the int8 and bf16
+products, attention in blocks, and float32 products through oneDNN (wav2vec2.precision applies
+them).
 
 model.py says what the network computes; this module says how a CPU computes parts of it fast.
 The float kernels compute exactly what plain PyTorch operations would (tests/test_model.py checks
