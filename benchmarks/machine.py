@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from wav2vec2.precision import cpu_flags
+from wav2vec2.precision import cpu_flags, cpuinfo_field
 
 # What each column means -> the Linux flags (`lscpu`, /proc/cpuinfo) that provide it.
 ISA = {
@@ -32,14 +32,7 @@ ISA = {
 
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpuinfo_field(("model name",)) or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def describe_machine() -> str:

@@ -523,8 +523,8 @@ class Int8TimeMajorConv(nn.Module):
 class TimeMajorProduct(nn.Module):
     """time_major_conv for inference with the weight kept in `dtype` (bfloat16, or float32 for a
     layer kept in float): (time, channels) -> (steps, out_channels) in `dtype`, then `finish`.
-    With `onednn` (float32 only) each block's taps are copied into one (steps, kernel * channels)
-    matrix and multiplied by oneDNN (see OneDnnLinear)."""
+    With `onednn` (float32 only) all taps of a block form one (steps, kernel * channels) matrix
+    (tap_rows) multiplied by oneDNN (see OneDnnLinear)."""
 
     def __init__(self, conv: nn.Conv1d, dtype: torch.dtype, onednn: bool = False):
         super().__init__()
@@ -536,10 +536,9 @@ class TimeMajorProduct(nn.Module):
 
     def forward(self, x: torch.Tensor, finish=None) -> torch.Tensor:
         if self.onednn and not torch.is_grad_enabled():
-            taps = self.weight.shape[1]
-            steps = (x.numel() - taps) // (self.stride * x.shape[1]) + 1
-            rows = x.as_strided((steps, taps), (self.stride * x.shape[1], 1), x.storage_offset()).contiguous()
-            y = onednn_linear(rows, self.weight, self.bias)
+            kernel = self.weight.shape[1] // x.shape[1]
+            steps = (x.shape[0] - kernel) // self.stride + 1
+            y = onednn_linear(tap_rows(x, 0, kernel, steps, self.stride), self.weight, self.bias)
         else:
             weight = self.weight.T if self.onednn else self.weight
             y = time_major_conv(x.to(weight.dtype), weight, self.bias, self.stride)

@@ -45,28 +45,27 @@ BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 BF16_MIN_WIDTH = 256
 
 
-def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD); empty where unknown."""
+def cpuinfo_field(names: tuple[str, ...], cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The value of the first line of /proc/cpuinfo that starts with one of `names` (the first
+    processor's), or None where there is none or no such file."""
     try:
         with open(cpuinfo, encoding="utf-8") as info:
             for line in info:
-                if line.startswith("vendor_id"):
+                if line.startswith(names):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ""
+    return None
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD); empty where unknown."""
+    return cpuinfo_field(("vendor_id",), cpuinfo) or ""
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags as Linux lists them (`lscpu`; "Features" on ARM); empty elsewhere."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
 
 
 def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
