@@ -25,7 +25,8 @@ from wav2vec2.train.loop import tri_stage
 from wav2vec2.train.pretrain import PretrainSettings, pretrain
 from wav2vec2.train.presets import PRESETS, preset_config
 
-from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus, write_spelled_corpus
+from .conftest import (kill_after_first_checkpoint_then_resume, torchrun_two_processes, write_phone_corpus,
+                       write_spelled_corpus)
 
 COMMAND = str(Path(sys.executable).parent / "wav2vec2")
 
@@ -235,18 +236,13 @@ def test_an_empty_manifest_is_a_one_line_error(tmp_path, content):
 
 
 def test_torchrun_fine_tunes_with_two_processes(spelled, tmp_path):
-    import os
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29519", "-m", "wav2vec2", "finetune", "--init", "tiny",
-                             "--train", str(spelled), "--dev", str(spelled), "--out", str(tmp_path),
-                             "--max-steps", "3", "--eval-every", "3", "--log-every", "1", "--max-batch-seconds", "6",
-                             "--device", "cpu"], capture_output=True, text=True, timeout=600, env=environment)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    run = torchrun_two_processes(["finetune", "--init", "tiny", "--train", spelled, "--dev", spelled, "--max-steps", 3,
+                                  "--eval-every", 3, "--log-every", 1, "--max-batch-seconds", 6, "--device", "cpu"],
+                                 tmp_path / "run", port=29519)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[0]["processes"] == 2
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and any("wer" in r for r in log)
-    assert wav2vec2.load_model(tmp_path / "final").vocab.tokens[5:] == list("ABCDEF")
+    assert wav2vec2.load_model(run / "final").vocab.tokens[5:] == list("ABCDEF")
 
 
 def test_fine_tuning_a_ctc_checkpoint_again_keeps_its_head(checkpoints, spelled):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from wav2vec2.train import loop
 from wav2vec2.train.pretrain import PretrainSettings, pretrain, random_choices, temperature_at
 from wav2vec2.train.presets import PRESETS, preset_config
 
-from .conftest import kill_after_first_checkpoint_then_resume, write_phone_corpus
+from .conftest import kill_after_first_checkpoint_then_resume, torchrun_two_processes, write_phone_corpus
 
 COMMAND = str(Path(sys.executable).parent / "wav2vec2")
 QUIET = dict(hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
@@ -183,15 +182,10 @@ def test_two_processes_compute_the_loss_of_one_on_the_union(corpus, quiet_config
               "--num-negatives", 10, "--max-seconds", 2, "--device", "cpu"]
     alone = cli("pretrain", *common, "--out", tmp_path / "one", "--max-batch-seconds", 8)
     assert alone.returncode == 0, alone.stderr
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29517", "-m", "wav2vec2", "pretrain", *map(str, common),
-                           "--out", str(tmp_path / "two"), "--max-batch-seconds", "4"],
-                          capture_output=True, text=True, timeout=600, env=environment)
-    assert pair.returncode == 0, pair.stderr[-3000:]
-    start = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()][0]
+    pair = torchrun_two_processes(["pretrain", *common, "--max-batch-seconds", 4], tmp_path / "two", port=29517)
+    start = [json.loads(line) for line in (pair / "log.jsonl").read_text().splitlines()][0]
     assert start["processes"] == 2 and start["batches"] == 2
-    one, two = records(tmp_path / "one")[0], records(tmp_path / "two")[0]
+    one, two = records(tmp_path / "one")[0], records(pair)[0]
     for key in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "perplexity"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["masked_steps"] == one["masked_steps"]  # counted over both processes
