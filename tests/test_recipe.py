@@ -147,17 +147,22 @@ def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, t
         "step-0000010", "step-0000020", "step-0000030"]
     results = json.loads((tmp_path / "results.json").read_text())
     pretrained = [f"pretrained{step}_{labels}" for step in (10, 20, 30) for labels in ("train_10min", "train_1h")]
-    assert sorted(results) == sorted([*pretrained, "probe_pretrained_train_1h", "probe_random_train_1h",
-                                      "scratch_train_10min", "scratch_train_1h"])
+    assert sorted(results) == sorted([*pretrained, "scratch_train_10min", "scratch_train_1h"])
     for scores in results.values():  # every test utterance scored (10 updates: the scores themselves mean nothing)
         for test in ("test", "test_voices"):
             utterances = len((corpora[0] / f"{test}.tsv").read_text().splitlines()) - 1
             assert scores[test]["utterances"] == utterances and scores[test]["failed"] == 0
             assert scores[test]["cer"] >= 0 and scores[test]["wer"] >= 0
-    table = [line for line in first.stdout.splitlines() if line.startswith(("| scratch", "| pre", "| probe"))]
-    assert len(table) == 10
-    assert "- Probe: frozen pretrained features give test CER" in first.stdout
+    probed = json.loads((tmp_path / "probe" / "probe.json").read_text())["results"]
+    assert sorted(probed) == sorted(f"{encoder} {head}" for head in ("last", "layers") for encoder in
+                                    [*(str(tmp_path / "pretrain" / "models" / f"step-{s:07d}") for s in (10, 20, 30)),
+                                     "random"])
+    for result in probed.values():
+        assert sum(result["layer_weights"]) == pytest.approx(1, abs=0.01) and 0 <= result["test"]["cer"]
+    table = [line for line in first.stdout.splitlines() if line.startswith(("| scratch", "| pre", "| random"))]
+    assert len(table) == 8 + 8  # the fine-tunings; the probes of three pretrained models and the random one
+    assert "- Probe (1 h of labels)" in first.stdout
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("(already there)") == 11
+    assert second.stdout.count("(already there)") == 10
     assert [line for line in second.stdout.splitlines() if line in table] == table

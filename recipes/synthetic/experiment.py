@@ -5,21 +5,22 @@ One small model (recipes/synthetic/model.json) is pretrained on the unlabelled s
 model at three points of the run (a third, two thirds and all of it, reported in hours of audio
 seen). Each of them is fine-tuned with CTC on the 10-minute and the 1-hour labelled sets; the same
 model is fine-tuned from random initialisation (feature encoder included) on the same labels with
-the same number of updates. A probe asks what the features alone are worth: a CTC head trained
-on the frozen features of the final pretrained model, against the same head on the frozen features
-of the random initialisation (1-hour labels). Every model is scored on both test sets (held-out
-sentences; held-out voices) with greedy decoding, and the table goes to OUT/RESULTS.md.
+the same number of updates. A probe (probe.py) asks what the features alone are worth: a CTC head
+trained on the frozen features of each kept pretrained model, against the same head on the frozen
+features of the random initialisation (1-hour labels). Every model is scored on both test sets
+(held-out sentences; held-out voices) with greedy decoding, and the tables go to OUT/RESULTS.md.
 
     python recipes/synthetic/experiment.py --data data/synthetic --out runs/synthetic [--budget 1.0]
 
-Each run is one `wav2vec2` command (written to the table as it was run) in a subprocess with its
-own log. On a CPU the runs go in two lanes of one thread each, which does more work than one lane
-of two threads for a model this small: the pretraining beside the runs that do not need it, then
-the fine-tunings of the pretrained models. On a GPU (used when present) they run one after another.
-A run whose final/ exists is not run again and an interrupted one resumes from its last
-checkpoint, so the command can be repeated after a crash, or stopped and started again with
-other `--lanes` and `--threads` (one lane of one thread beside other work, two when the cores are
-free). `--budget` scales every run's number of updates.
+Each run is one `wav2vec2` command or the probe (written to the report as it was run) in a
+subprocess with its own log. On a CPU the runs go in two lanes of one thread each, which does
+more work than one lane of two threads for a model this small: the pretraining beside the runs
+that do not need it, then the fine-tunings of the pretrained models. On a GPU (used when present)
+they run one after another. A run whose final/ (the probe's: probe.json) exists is not run again
+and an interrupted one resumes from its last checkpoint, so the command can be repeated after a
+crash, or stopped and started again with other `--lanes` and `--threads` (one lane of one thread
+beside other work, two when the cores are free). `--budget` scales every run's number of
+updates.
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ LABELS = {"train_10min": "10 min", "train_1h": "1 h"}
 @dataclass
 class Run:
     name: str
-    arguments: list[str]  # of the `wav2vec2` command
+    arguments: list[str]  # of the `wav2vec2` command, or of probe.py
     after: list[str] = field(default_factory=list)  # runs that must have finished first
     seconds: float | None = None  # wall time, once run
 
+    @property
+    def is_probe(self) -> bool:
+        return self.name == "probe"
+
     def command(self) -> str:
-        return "wav2vec2 " + shlex.join(self.arguments)
+        program = f"python {os.path.relpath(HERE / 'probe.py')}" if self.is_probe else "wav2vec2"
+        return f"{program} {shlex.join(self.arguments)}"
+
+    def finished(self, out: Path) -> bool:
+        return (out / self.name / ("probe.json" if self.is_probe else "final")).exists()
 
 
 def plan(data: Path, out: Path, budget: float, device: str, seed: int, lanes: int) -> list[list[Run]]:
@@ -82,15 +91,15 @@ def plan(data: Path, out: Path, budget: float, device: str, seed: int, lanes: in
     finetuned = [finetune(f"pretrained{step}_{labels}", str(out / "pretrain" / "models" / f"step-{step:07d}"),
                           labels, *freeze, after=("pretrain",))
                  for step in snapshot_steps(steps) for labels in LABELS]
-    # The probes: the whole encoder frozen for the whole run, so only the head learns.
-    probe = ("--freeze-steps", str(updates))
-    probes = [finetune("probe_random_train_1h", config, "train_1h", *probe, lr="2e-3"),
-              finetune("probe_pretrained_train_1h", str(out / "pretrain" / "final"), "train_1h", *probe, lr="2e-3",
-                       after=("pretrain",))]
+    # The probe: heads on the frozen features of every kept model and of the random initialisation.
+    probe = Run("probe", ["--pretrained", *(str(out / "pretrain" / "models" / f"step-{step:07d}")
+                                            for step in snapshot_steps(steps)),
+                          "--random", config, "--data", str(data), "--labels", "train_1h", "--out", str(out / "probe"),
+                          "--seed", str(seed)], ["pretrain"])
     if lanes == 1:
-        return [[pretrain, *scratch, probes[0], *finetuned, probes[1]]]
-    later = [*finetuned, probes[1]]
-    return [[pretrain, *later[1::2]], [*scratch, probes[0], *later[::2]]]
+        return [[pretrain, *scratch, *finetuned, probe]]
+    later = [*finetuned, probe]
+    return [[pretrain, *later[1::2]], [*scratch, *later[::2]]]
 
 
 def snapshot_steps(steps: int) -> list[int]:
@@ -106,15 +115,16 @@ def hours_seen(out: Path) -> dict[int, float]:
 def execute(run: Run, out: Path, threads: int) -> None:
     """Run one command (resuming it if it was interrupted); its output goes to OUT/NAME.log."""
     folder = out / run.name
-    if (folder / "final").is_dir():
+    if run.finished(out):
         return
-    arguments = list(run.arguments)
+    arguments = [str(HERE / "probe.py")] if run.is_probe else ["-m", "wav2vec2"]
+    arguments += run.arguments
     if (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir()):
         arguments.append("--resume")
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     with open(out / f"{run.name}.log", "a") as log:
-        code = subprocess.run([sys.executable, "-m", "wav2vec2", *arguments], stdout=log, stderr=subprocess.STDOUT,
+        code = subprocess.run([sys.executable, *arguments], stdout=log, stderr=subprocess.STDOUT,
                               env=environment).returncode
     if code != 0:
         raise RuntimeError(f"{run.name} failed (exit {code}); see {out / f'{run.name}.log'}")
@@ -189,8 +199,6 @@ def hardware(device: str) -> str:
 
 def describe(name: str, hours: dict[int, float]) -> str:
     """The init column of a run's row."""
-    if name.startswith("probe_"):
-        return f"probe: head on frozen {name.split('_')[1]} features"
     if name.startswith("scratch"):
         return "scratch"
     step = int(name.split("_")[0].removeprefix("pretrained"))
@@ -199,13 +207,13 @@ def describe(name: str, hours: dict[int, float]) -> str:
 
 def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_threads: int, wall: float,
            command: str) -> str:
-    runs = {run.name: run for lane in lanes for run in lane if run.name != "pretrain"}
+    runs = {run.name: run for lane in lanes for run in lane if run.name not in ("pretrain", "probe")}
     hours = hours_seen(out)
     lines = ["| init | labels | updates | dev CER | " + " | ".join(
         f"{test} WER | {test} CER" for test in TEST_SETS) + " |",
              "|---|---|---|---|" + "---|---|" * len(TEST_SETS)]
     results = {}
-    for name in sorted(runs, key=lambda n: (n.startswith("probe"), n.endswith("1h"), n)):
+    for name in sorted(runs, key=lambda n: (n.endswith("1h"), n)):
         labels = name[name.index("train_"):]
         arguments = runs[name].arguments
         updates = arguments[arguments.index("--max-steps") + 1]
@@ -216,11 +224,20 @@ def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_thre
         lines.append(f"| {describe(name, hours)} | {LABELS[labels]} | {updates} | {100 * dev['cer']:.1f} % | {cells} |")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     findings = []
-    if {"probe_random_train_1h", "probe_pretrained_train_1h"} <= results.keys():
-        random, pretrained = (results[f"probe_{kind}_train_1h"]["test"]["cer"] for kind in ("random", "pretrained"))
-        findings.append(f"- Probe: frozen pretrained features give test CER {100 * pretrained:.1f} %, frozen random "
-                        f"ones {100 * random:.1f} %: {100 * (1 - pretrained / random):.0f} % relative "
-                        f"(target: at least 25 %).")
+    probe = out / "probe" / "probe.json"
+    if probe.is_file():
+        probed = json.loads(probe.read_text())["results"]
+        lines += ["", "| probe: frozen features of | head | dev CER | test CER | test_voices CER | "
+                      "relative to random |", "|---|---|---|---|---|---|"]
+        for r in probed.values():
+            random = probed[f"random {r['head']}"]["test"]["cer"]
+            step = None if r["encoder"] == "random" else int(Path(r["encoder"]).name.removeprefix("step-"))
+            encoder = describe(f"pretrained{step}", hours) if step else "random initialisation"
+            lines.append(f"| {encoder} | {r['head']} | {100 * r['dev']['cer']:.1f} % | {100 * r['test']['cer']:.1f} % | "
+                         f"{100 * r['test_voices']['cer']:.1f} % | {100 * (1 - r['test']['cer'] / random):+.0f} % |")
+        findings.append("- Probe (1 h of labels): the target is pretrained features at least 25 % better "
+                        "(relative test CER) than random ones; `last` is a head on the encoder's output, `layers` "
+                        "on a learnt mix of every layer's.")
     for labels in LABELS:
         if f"scratch_{labels}" not in results:
             continue
@@ -231,7 +248,7 @@ def report(lanes: list[list[Run]], out: Path, data: Path, device: str, lane_thre
                          for step, name in pretrained)
         findings.append(f"- {LABELS[labels]} of labels: test CER of pretrained minus scratch ({100 * scratch:.1f} %), "
                         f"in points, by hours of audio pretrained on: {gaps or 'none run'}.")
-    times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for run in runs.values() if run.seconds) or \
+    times = "\n".join(f"- `{run.name}`: {run.seconds / 60:.1f} min" for lane in lanes for run in lane if run.seconds) or \
         "- (every run was already there: see the logs of the invocations that ran them)"
     commands = "\n".join(run.command() for lane in lanes for run in lane)
     return f"""## Results

@@ -162,7 +162,8 @@ def main() -> int:
     parser.add_argument("--random", help="the config their random twin is built from (default: the first "
                                          "pretrained checkpoint's own config.json)")
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"), help="the corpus folder (make_corpus.py)")
-    parser.add_argument("--labels", default="train_1h", help="the labelled split the heads learn from (default: train_1h)")
+    parser.add_argument("--labels", default="train_1h",
+                        help="the labelled split the heads learn from (default: train_1h)")
     parser.add_argument("--out", type=Path, required=True, help="folder for probe.md and probe.json")
     parser.add_argument("--epochs", type=int, default=60, help="passes over the labelled split (default: 60)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate for the heads (default: 1e-2)")
@@ -177,7 +178,8 @@ def main() -> int:
         normalise_input = encoder(args.pretrained[0], manifests["train"], args.seed).preprocessing.do_normalize
         for name, init in encoders.items():
             model = encoder(init, manifests["train"], args.seed)  # each reads the input as the pretrained ones did
-            features = {split: extract(model, path, model.vocab, normalise_input) for split, path in manifests.items()}
+            features = {split: extract(model, path, model.vocab, normalise_input)
+                        for split, path in manifests.items()}
             print(f"{name}: features of {sum(len(f.layers) for f in features.values())} utterances "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
             for head in ("last", "layers"):
