@@ -166,3 +166,18 @@ def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, t
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("(already there)") == 10
     assert [line for line in second.stdout.splitlines() if line in table] == table
+
+
+def test_the_lm_text_leaves_out_the_scored_sentences_and_the_lexicon_holds_a_dictionary(corpora, tmp_path):
+    command = [sys.executable, str(RECIPE.parent / "lm_text.py"), "--data", str(corpora[0]),
+               "--out", str(tmp_path / "lm.txt"), "--lexicon", str(tmp_path / "lexicon.txt"), "--wordnet-words"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    sentences = (tmp_path / "lm.txt").read_text().splitlines()
+    scored = {e.text for name in ("dev", "test", "test_voices") for e in read_manifest(corpora[0] / f"{name}.tsv")}
+    assert sentences and scored and not scored & set(sentences)
+    lexicon = (tmp_path / "lexicon.txt").read_text().splitlines()
+    assert lexicon == sorted(set(lexicon)) and {w for s in sentences for w in s.split()} <= set(lexicon)
+    # WordNet's lemmas (index.noun) and irregular forms (verb.exc, noun.exc), spelled as transcripts
+    assert {"DOG", "RAN", "GEESE", "O'CLOCK"} <= set(lexicon)
+    assert all(re.fullmatch(r"[A-Z][A-Z']*", word) for word in lexicon)
