@@ -25,6 +25,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
@@ -43,11 +44,13 @@ from wav2vec2.vocab import Vocabulary, normalize_text
 SPLITS = ("train", "dev", "test", "test_voices")
 
 
+@dataclass
 class Features:
-    """One split's frozen per-layer outputs: layers[i] is (layers, frames, hidden) in float16."""
+    """One split's frozen per-layer outputs, its label ids and its reference texts."""
 
-    def __init__(self, layers: list[torch.Tensor], labels: list[list[int]], references: list[str]):
-        self.layers, self.labels, self.references = layers, labels, references
+    layers: list[torch.Tensor]  # per utterance: (1 + Transformer layers, frames, hidden) in float16
+    labels: list[list[int]]
+    references: list[str]
 
 
 @torch.no_grad()
