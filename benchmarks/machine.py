@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from wav2vec2.kernels import onednn_linear
 from wav2vec2.precision import cpu_flags, cpuinfo_field
 
 # What each column means -> the Linux flags (`lscpu`, /proc/cpuinfo) that provide it.
@@ -51,7 +52,7 @@ def product_rates(threads: int, repeats: int, shape: tuple[int, int, int] = (150
     xb, wb = x.bfloat16(), w.bfloat16()
     xq, wq = torch.randint(-127, 128, (m, k), dtype=torch.int8), torch.randint(-127, 128, (k, n), dtype=torch.int8)
     paths = {"float32, MKL (torch default)": lambda: torch.nn.functional.linear(x, w),
-             "float32, oneDNN": lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""),
+             "float32, oneDNN": lambda: onednn_linear(x, w, None),
              "bf16": lambda: torch.nn.functional.linear(xb, wb),
              "int8 (torch._int_mm)": lambda: torch._int_mm(xq, wq)}
     rates = {}

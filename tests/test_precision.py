@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 import wav2vec2
 from wav2vec2.cli import main
-from wav2vec2.kernels import (ATTENTION_BLOCK_ROWS, INT8_BLOCK_ROWS, BlockedAttention, Int8FeedForward, Int8Linear, Int8TimeMajorConv, OneDnnLinear,
-                              TimeMajorProduct, blocked_attention, quantize_rows, quantize_weight)
+from wav2vec2.kernels import (ATTENTION_BLOCK_ROWS, INT8_BLOCK_ROWS, BlockedAttention, Int8FeedForward, Int8Linear,
+                              Int8TimeMajorConv, OneDnnLinear, TimeMajorProduct, blocked_attention, quantize_rows,
+                              quantize_weight)
 from wav2vec2.model import FeatureEncoder, Wav2Vec2Config, Wav2Vec2ForCTC, frame_lengths
 from wav2vec2.precision import (LowPrecisionFeatureEncoder, apply_precision, cpu_flags, cpu_vendor, onednn_fp32_pays,
                                 resolve_precision, use_onednn_fp32)

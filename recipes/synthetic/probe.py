@@ -177,10 +177,12 @@ def main() -> int:
     encoders = {str(folder): folder for folder in args.pretrained}
     encoders["random"] = args.random or str(Path(args.pretrained[0]) / "config.json")
     results, started = {}, time.perf_counter()
+    normalise_input = None
     try:
-        normalise_input = encoder(args.pretrained[0], manifests["train"], args.seed).preprocessing.do_normalize
-        for name, init in encoders.items():
-            model = encoder(init, manifests["train"], args.seed)  # each reads the input as the pretrained ones did
+        for name, init in encoders.items():  # the pretrained ones first
+            model = encoder(init, manifests["train"], args.seed)
+            if normalise_input is None:  # every encoder reads the input as the first pretrained one did
+                normalise_input = model.preprocessing.do_normalize
             features = {split: extract(model, path, model.vocab, normalise_input)
                         for split, path in manifests.items()}
             print(f"{name}: features of {sum(len(f.layers) for f in features.values())} utterances "
