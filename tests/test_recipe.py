@@ -170,12 +170,17 @@ def test_the_experiment_runs_end_to_end_and_repeats_without_rerunning(corpora, t
 
 def test_the_lm_text_leaves_out_the_scored_sentences_and_the_lexicon_holds_a_dictionary(corpora, tmp_path):
     command = [sys.executable, str(RECIPE.parent / "lm_text.py"), "--data", str(corpora[0]),
-               "--out", str(tmp_path / "lm.txt"), "--lexicon", str(tmp_path / "lexicon.txt"), "--wordnet-words"]
+               "--out", str(tmp_path / "lm.txt"), "--lexicon", str(tmp_path / "lexicon.txt"), "--wordnet-words",
+               "--glosses"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     sentences = (tmp_path / "lm.txt").read_text().splitlines()
     scored = {e.text for name in ("dev", "test", "test_voices") for e in read_manifest(corpora[0] / f"{name}.tsv")}
     assert sentences and scored and not scored & set(sentences)
+    # dog's gloss in data.noun: "a member of the genus Canis (probably descended from the common
+    # wolf) that has been domesticated by man since prehistoric times; occurs in many breeds; ..."
+    assert {"A MEMBER OF THE GENUS CANIS THAT HAS BEEN DOMESTICATED BY MAN SINCE PREHISTORIC TIMES",
+            "OCCURS IN MANY BREEDS"} <= set(sentences)
     lexicon = (tmp_path / "lexicon.txt").read_text().splitlines()
     assert lexicon == sorted(set(lexicon)) and {w for s in sentences for w in s.split()} <= set(lexicon)
     # WordNet's lemmas (index.noun) and irregular forms (verb.exc, noun.exc), spelled as transcripts
