@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 
-from make_corpus import WORDNET, read_sentences
+from make_corpus import WORDNET, read_sentences, wordnet_glosses
 
 from wav2vec2.manifest import read_manifest
 from wav2vec2.vocab import normalize_text
@@ -50,20 +50,16 @@ def wordnet_words() -> set[str]:
     return {word for word in spelled if re.fullmatch(r"[A-Z][A-Z']*", word)}
 
 
-def wordnet_glosses() -> list[str]:
+def wordnet_definitions() -> list[str]:
     """WordNet's definitions of at least two words, spelled as transcripts, without the quoted
-    examples and parenthesised remarks; a gloss holds several, separated by semicolons."""
-    glosses = set()
-    for part in PARTS:
-        for line in (WORDNET / f"data.{part}").read_text(encoding="latin-1").splitlines():
-            if line.startswith("  "):  # the licence
-                continue
-            gloss = re.sub(r'"[^"]*"', ";", line.partition(" | ")[2])
-            for definition in re.sub(r"\([^)]*\)", " ", gloss).split(";"):
-                text = normalize_text(definition)
-                if len(text.split()) >= 2 and re.fullmatch(r"[A-Z][A-Z']*( [A-Z][A-Z']*)*", text):
-                    glosses.add(text)
-    return sorted(glosses)
+    examples and parenthesised remarks (a gloss holds several definitions, separated by semicolons)."""
+    definitions = set()
+    for gloss in wordnet_glosses():
+        for definition in re.sub(r"\([^)]*\)", " ", re.sub(r'"[^"]*"', ";", gloss)).split(";"):
+            text = normalize_text(definition)
+            if len(text.split()) >= 2 and re.fullmatch(r"[A-Z][A-Z']*( [A-Z][A-Z']*)*", text):
+                definitions.add(text)
+    return sorted(definitions)
 
 
 def main() -> int:
@@ -77,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
     held_out = {entry.text for name in HELD_OUT for entry in read_manifest(args.data / name)}
     kept = [s.transcript for s in read_sentences() if s.transcript not in held_out]
-    glosses = [text for text in wordnet_glosses() if text not in held_out] if args.glosses else []
+    glosses = [text for text in wordnet_definitions() if text not in held_out] if args.glosses else []
     args.out.write_text("".join(line + "\n" for line in kept + glosses))
     print(f"{args.out}: {len(kept)} sentences and {len(glosses)} definitions "
           f"({len(held_out)} dev and test transcripts left out)")

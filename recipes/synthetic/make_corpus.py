@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,24 +149,30 @@ class Utterance:
 # Text
 
 
+def wordnet_glosses() -> Iterator[str]:
+    """The gloss of every WordNet synset, nouns, verbs, adjectives and adverbs in turn: its
+    definitions and quoted usage examples, separated by semicolons."""
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (WORDNET / f"data.{part}").read_text(encoding="latin-1").splitlines():
+            if not line.startswith("  "):  # the licence at the top of each file
+                yield line.partition(" | ")[2]
+
+
 def read_sentences() -> list[Sentence]:
     """The usable WordNet usage examples, one per distinct transcript, sorted by transcript."""
     allowed = re.compile(r"[A-Za-z][A-Za-z ',-]*[A-Za-z'][.!?]?")
     acronym = re.compile(r"\b[A-Z]{2,}\b")  # TTS engines would spell it out
     quoted = re.compile(r"(^|\s)'")  # 'single quotes', which the transcript would keep as apostrophes
     by_transcript: dict[str, str] = {}
-    for part in ("noun", "verb", "adj", "adv"):
-        for line in (WORDNET / f"data.{part}").read_text(encoding="latin-1").splitlines():
-            if line.startswith("  "):  # the licence at the top of each file
+    for gloss in wordnet_glosses():
+        for example in re.findall(r'"([^"]*)"', gloss):
+            example = " ".join(example.split())
+            if (len(example.split()) < 4 or not allowed.fullmatch(example) or acronym.search(example)
+                    or quoted.search(example)):
                 continue
-            for example in re.findall(r'"([^"]*)"', line.partition(" | ")[2]):
-                example = " ".join(example.split())
-                if (len(example.split()) < 4 or not allowed.fullmatch(example) or acronym.search(example)
-                        or quoted.search(example)):
-                    continue
-                transcript = normalize_text(example)
-                if re.fullmatch(r"[A-Z']+( [A-Z']+)*", transcript):
-                    by_transcript.setdefault(transcript, " ".join(example.replace("-", " ").split()))
+            transcript = normalize_text(example)
+            if re.fullmatch(r"[A-Z']+( [A-Z']+)*", transcript):
+                by_transcript.setdefault(transcript, " ".join(example.replace("-", " ").split()))
     return [Sentence(text, transcript) for transcript, text in sorted(by_transcript.items())]
 
 
