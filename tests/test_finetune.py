@@ -4,6 +4,7 @@ kill, and copes with bad labelled data."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import safetensors.torch
 import soundfile
 import torch
 import transformers
 
 import wav2vec2
 from wav2vec2.audio import Preprocessing
+from wav2vec2.errors import Wav2Vec2Error
 from wav2vec2.evaluate import evaluate
 from wav2vec2.manifest import read_manifest
 from wav2vec2.train.data import change_speed
@@ -145,6 +148,31 @@ def test_the_frozen_phase_moves_only_the_head_and_each_part_follows_its_learning
         assert moves(after[1], after[0], name).max() == pytest.approx(1e-4 * factors[1], rel=1e-2), name
     assert torch.equal(after[1]["wav2vec2.feature_encoder.conv_layers.0.conv.weight"],
                        initial["wav2vec2.feature_encoder.conv_layers.0.conv.weight"])
+
+
+def test_reinit_top_starts_the_top_layers_afresh_and_keeps_the_rest(pretrained, spelled, tmp_path):
+    # Oracle: the paper's initialisation by its formula (linear weights N(0, 0.02) with zero biases,
+    # layer norms 1 and 0), against layers marked with a value no initialisation gives.
+    init = tmp_path / "init"
+    shutil.copytree(pretrained, init)
+    state = safetensors.torch.load_file(init / "model.safetensors")
+    safetensors.torch.save_file({k: v.fill_(0.5) if ".encoder.layers." in k else v for k, v in state.items()},
+                                init / "model.safetensors")
+    entries = read_manifest(spelled)
+    model = build_model(FinetuneSettings(init=str(init), train=str(spelled), out="unused", reinit_top=1), entries)
+    layers = model.wav2vec2.encoder.layers
+    assert len(layers) == 2 and all(bool((p == 0.5).all()) for p in layers[0].parameters())
+    for name, parameter in layers[1].named_parameters():
+        if "layer_norm" in name:
+            assert torch.equal(parameter, torch.full_like(parameter, 1.0 if name.endswith("weight") else 0.0)), name
+        elif name.endswith("bias"):
+            assert not parameter.any(), name
+        else:
+            assert abs(parameter.mean()) < 0.003 and 0.018 < parameter.std() < 0.022, name
+    assert torch.equal(model.wav2vec2.encoder.pos_conv_embed.conv.bias, state[
+        "wav2vec2.encoder.pos_conv_embed.conv.bias"])
+    with pytest.raises(Wav2Vec2Error, match="between 0 and the model's 2 layers"):
+        build_model(FinetuneSettings(init=str(init), train=str(spelled), out="unused", reinit_top=3), entries)
 
 
 def test_bf16_training_on_cpu_follows_fp32_with_float32_weights(spelled, tmp_path):

@@ -53,6 +53,7 @@ class FinetuneSettings:
     head_lr: float | None = None  # default: lr
     weight_decay: float = 0.0
     freeze_steps: int = 0  # updates during which only the CTC head learns
+    reinit_top: int = 0  # top Transformer layers that start from a fresh initialisation, not the init's
     train_feature_encoder: bool = False  # for random initialisation: nothing to keep frozen
     max_batch_seconds: float = 40.0
     max_seconds: float = 30.0  # longer utterances are skipped (and counted)
@@ -87,6 +88,8 @@ HELP = {
     "head_lr": "peak learning rate of the CTC head (default: --lr); a fresh head on a pretrained body can learn faster",
     "weight_decay": "AdamW weight decay",
     "freeze_steps": "first updates in which only the CTC head learns (the whole encoder frozen)",
+    "reinit_top": "top Transformer layers set back to a fresh initialisation: a pretrained model's last layers "
+                  "serve its contrastive task, not the letters (RESULTS.md of recipes/synthetic)",
     "train_feature_encoder": "train the convolutions too (for random initialisation)",
     "max_batch_seconds": "seconds of audio per batch and process, padding included",
     "max_seconds": "longer utterances are skipped (and counted)",
@@ -140,7 +143,8 @@ def alignable(frames: int, labels: list[int]) -> bool:
 def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCTC:
     """A CTC model with the init checkpoint's encoder (or random weights for a preset) and a
     fresh head over the init's vocabulary, or one built from the training transcripts. A CTC
-    checkpoint with its vocabulary keeps its head too: fine-tuning it again is a warm start."""
+    checkpoint with its vocabulary keeps its head too: fine-tuning it again is a warm start.
+    The top `reinit_top` Transformer layers keep the fresh initialisation instead of the init's."""
     if settings.init in PRESETS or settings.init.endswith(".json"):
         config, state, folder = preset_config(settings.init), None, None
     else:
@@ -157,14 +161,19 @@ def build_model(settings: FinetuneSettings, train: list[Entry]) -> Wav2Vec2ForCT
     config.pad_token_id = vocab.blank
     if settings.layerdrop is not None:
         config.layerdrop = settings.layerdrop
-    model = Wav2Vec2ForCTC(config, vocab, preprocessing)
+    layers = config.num_hidden_layers
+    if not 0 <= settings.reinit_top <= layers:
+        raise Wav2Vec2Error(f"reinit_top must be between 0 and the model's {layers} layers, not {settings.reinit_top}")
+    model = Wav2Vec2ForCTC(config, vocab, preprocessing)  # freshly initialised, seeded by the caller
     if state is not None:
-        kept = {k: v for k, v in state.items() if k.startswith("wav2vec2.")}
+        fresh = tuple(f"wav2vec2.encoder.layers.{i}." for i in range(layers - settings.reinit_top, layers))
+        kept = {k: v for k, v in state.items() if k.startswith("wav2vec2.") and not k.startswith(fresh)}
         head = {k: state[k] for k in ("lm_head.weight", "lm_head.bias") if k in state}
         if vocab is not None and len(head) == 2 and head["lm_head.weight"].shape[0] == len(vocab):
             kept.update(head)  # a CTC checkpoint with its own vocabulary: training continues from it
-        load_state(model, kept, settings.init, optional={"wav2vec2.masked_spec_embed", "lm_head.weight",
-                                                           "lm_head.bias"})
+        optional = {"wav2vec2.masked_spec_embed", "lm_head.weight", "lm_head.bias"}
+        optional |= {k for k in model.state_dict() if k.startswith(fresh)}
+        load_state(model, kept, settings.init, optional=optional)
     return model
 
 
