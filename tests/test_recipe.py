@@ -186,3 +186,11 @@ def test_the_lm_text_leaves_out_the_scored_sentences_and_the_lexicon_holds_a_dic
     # WordNet's lemmas (index.noun) and irregular forms (verb.exc, noun.exc), spelled as transcripts
     assert {"DOG", "RAN", "GEESE", "O'CLOCK"} <= set(lexicon)
     assert all(re.fullmatch(r"[A-Z][A-Z']*", word) for word in lexicon)
+    # --inflections: English's regular forms of those lemmas, by the rules of a grammar book
+    command.append("--inflections")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    inflected = set((tmp_path / "lexicon.txt").read_text().splitlines())
+    regular = {"BOXES", "BERRIES", "DOGS", "DOG'S", "DOGS'", "CARRIED", "BAKED", "BAKING", "TYING", "BARKS"}
+    assert regular <= inflected and not regular <= set(lexicon) and set(lexicon) < inflected
+    assert not {"RUNED", "GOED", "STOPED", "RUNING"} & inflected

@@ -1,7 +1,7 @@
 """The text for a language model of the synthetic corpus (every WordNet sentence but those
 scored, and WordNet's definitions), and a lexicon for the beam search.
 
-    .venv/bin/python recipes/synthetic/lm_text.py --data data/synthetic --out data/synthetic/lm.txt --lexicon data/synthetic/lexicon.txt [--glosses] [--wordnet-words]
+    .venv/bin/python recipes/synthetic/lm_text.py --data data/synthetic --out data/synthetic/lm.txt --lexicon data/synthetic/lexicon.txt [--glosses] [--wordnet-words] [--inflections]
     .venv/bin/wav2vec2 lm build --text data/synthetic/lm.txt --order 4 --model demo --out data/synthetic/lm.arpa
 
 The sentences are those make_corpus.py draws from (one transcript per line); the transcripts of
@@ -19,7 +19,9 @@ The lexicon holds the words of that text, and with `--wordnet-words` also WordNe
 of English: every one-word lemma and every irregular form of its exception lists (90,000 words
 against 26,000). A word the LM text lacks costs P(<unk>) in the search, but can be written at
 all: without it, a word of a scored sentence that no other sentence uses is an error whatever
-the model hears (6 % of the `test` words).
+the model hears (6 % of the `test` words). WordNet lists lemmas and irregular forms only;
+`--inflections` adds the regular plurals, possessives and verb forms (265,000 words), which
+leaves 0.27 % of the `test` words out of the lexicon instead of 1.10 %.
 """
 
 from __future__ import annotations
@@ -38,16 +40,75 @@ HELD_OUT = ("dev.tsv", "test.tsv", "test_voices.tsv")
 PARTS = ("noun", "verb", "adj", "adv")
 
 
+def spelled(words: set[str]) -> set[str]:
+    """One-word entries of WordNet spelled as transcripts are (its lemmas join words with "_")."""
+    normalised = (normalize_text(word) for word in words if "_" not in word)
+    return {word for word in normalised if re.fullmatch(r"[A-Z][A-Z']*", word)}
+
+
+def wordnet_lemmas(part: str) -> set[str]:
+    """The one-word lemmas of one part of speech (index.noun and so on)."""
+    lines = (WORDNET / f"index.{part}").read_text(encoding="latin-1").splitlines()
+    return spelled({line.split()[0] for line in lines if not line.startswith(" ")})  # " ": the licence
+
+
+def irregular_forms(part: str) -> dict[str, set[str]]:
+    """The irregular forms of a part of speech's lemmas (noun.exc and so on: GEESE of GOOSE)."""
+    forms = {}
+    for line in (WORDNET / f"{part}.exc").read_text(encoding="latin-1").splitlines():
+        form, *lemmas = line.split()
+        for lemma in spelled(set(lemmas)):
+            forms.setdefault(lemma, set()).update(spelled({form}))
+    return forms
+
+
 def wordnet_words() -> set[str]:
     """WordNet's one-word lemmas (index.*) and irregular forms (*.exc), spelled as transcripts are."""
     words = set()
     for part in PARTS:
-        for name in (f"index.{part}", f"{part}.exc"):
-            for line in (WORDNET / name).read_text(encoding="latin-1").splitlines():
-                if not line.startswith(" "):  # the licence at the top of each index
-                    words.add(line.split()[0])
-    spelled = (normalize_text(word) for word in words if "_" not in word)
-    return {word for word in spelled if re.fullmatch(r"[A-Z][A-Z']*", word)}
+        words |= wordnet_lemmas(part)
+        words = words.union(*irregular_forms(part).values())
+    return words
+
+
+def add_s(word: str) -> str:
+    """The plural of a noun, or the third person of a verb, by the regular rule."""
+    if re.search(r"(S|X|Z|CH|SH)$", word):
+        return word + "ES"
+    return word[:-1] + "IES" if re.search(r"[^AEIOU]Y$", word) else word + "S"
+
+
+def add_ed(word: str) -> str:
+    if word.endswith("E"):
+        return word + "D"
+    return word[:-1] + "IED" if re.search(r"[^AEIOU]Y$", word) else word + "ED"
+
+
+def add_ing(word: str) -> str:
+    if word.endswith("IE"):
+        return word[:-2] + "YING"
+    return word[:-1] + "ING" if re.search(r"[^EYO]E$", word) else word + "ING"
+
+
+def regular_inflections() -> set[str]:
+    """The regular forms WordNet leaves out (it lists lemmas, and only the irregular forms):
+    nouns' plurals and possessives, verbs' -s, -ed and -ing forms. A verb's -ed and -ing forms
+    come from verb.exc where it has them (RAN, not RUNED; STOPPED, not STOPED), but every noun
+    gets its regular plural: noun.exc's plurals are often one of two in use (BANDITTI and
+    BANDITS). A rule applied where it does not hold makes a word that no one says, which costs
+    the search little."""
+    forms = set()
+    for noun in wordnet_lemmas("noun"):
+        forms |= {noun + "'S", add_s(noun), add_s(noun) + "'"}
+    irregular_verbs = irregular_forms("verb")
+    for verb in wordnet_lemmas("verb"):
+        irregular = irregular_verbs.get(verb, set())
+        forms.add(add_s(verb))
+        if not irregular:
+            forms.add(add_ed(verb))
+        if not any(form.endswith("ING") for form in irregular):
+            forms.add(add_ing(verb))
+    return forms
 
 
 def wordnet_definitions() -> list[str]:
@@ -70,6 +131,8 @@ def main() -> int:
     parser.add_argument("--glosses", action="store_true", help="add WordNet's definitions to the text")
     parser.add_argument("--wordnet-words", action="store_true",
                         help="add WordNet's one-word lemmas and irregular forms to the lexicon")
+    parser.add_argument("--inflections", action="store_true",
+                        help="add the regular plurals, possessives and verb forms of WordNet's lemmas to the lexicon")
     args = parser.parse_args()
     held_out = {entry.text for name in HELD_OUT for entry in read_manifest(args.data / name)}
     kept = [s.transcript for s in read_sentences() if s.transcript not in held_out]
@@ -81,6 +144,8 @@ def main() -> int:
         words = {word for line in kept + glosses for word in line.split()}
         if args.wordnet_words:
             words |= wordnet_words()
+        if args.inflections:
+            words |= regular_inflections()
         args.lexicon.write_text("".join(word + "\n" for word in sorted(words)))
         print(f"{args.lexicon}: {len(words)} words")
     return 0
