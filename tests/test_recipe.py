@@ -114,7 +114,25 @@ def test_a_second_voicing_speaks_the_same_sentences_anew(corpora, tmp_path):
     refused = subprocess.run([sys.executable, str(RECIPE), "--out", str(tmp_path / "refused"), "--voicing", "1",
                               "--splits", "test"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert refused.stderr.strip() == "error: --voicing N (N > 0) needs --splits with pretrain or train_1h only"
+    assert refused.stderr.strip() == "error: --voicing N (N > 0) needs --splits with pretrain, train_1h or definitions only"
+
+
+def test_the_definitions_split_speaks_wordnet_definitions_and_no_example(corpora, tmp_path):
+    """--splits definitions: WordNet's definitions (dog's first one among them), none of them an
+    example sentence, so none of them a scored sentence; the other splits' bytes stay as they were."""
+    sys.path.insert(0, str(RECIPE.parent))
+    from make_corpus import read_definitions, read_sentences
+
+    definitions = {sentence.transcript for sentence in read_definitions()}
+    assert "A MEMBER OF THE GENUS CANIS THAT HAS BEEN DOMESTICATED BY MAN SINCE PREHISTORIC TIMES" in definitions
+    assert not definitions & {sentence.transcript for sentence in read_sentences()}
+    out = tmp_path / "definitions"
+    subprocess.run([sys.executable, str(RECIPE), "--out", str(out), "--seed", "0", "--scale", "0.01",
+                    "--definitions-hours", "1", "--splits", "definitions", "train_1h"],
+                   check=True, capture_output=True, timeout=300)
+    spoken = read_manifest(out / "definitions.tsv")
+    assert sum(entry.duration for entry in spoken) >= 36 and {entry.text for entry in spoken} <= definitions
+    assert (out / "train_1h.tsv").read_bytes() == (corpora[0] / "train_1h.tsv").read_bytes()
 
 
 @pytest.mark.slow

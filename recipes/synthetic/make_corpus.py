@@ -158,21 +158,44 @@ def wordnet_glosses() -> Iterator[str]:
                 yield line.partition(" | ")[2]
 
 
+ALLOWED = re.compile(r"[A-Za-z][A-Za-z ',-]*[A-Za-z'][.!?]?")
+ACRONYM = re.compile(r"\b[A-Z]{2,}\b")  # TTS engines would spell it out
+QUOTED = re.compile(r"(^|\s)'")  # 'single quotes', which the transcript would keep as apostrophes
+
+
+def readable_transcript(text: str) -> str | None:
+    """The transcript of a text the TTS engines read as written (at least four words, letters and
+    plain punctuation, no acronyms or quotes), or None for any other text."""
+    if len(text.split()) < 4 or not ALLOWED.fullmatch(text) or ACRONYM.search(text) or QUOTED.search(text):
+        return None
+    transcript = normalize_text(text)
+    return transcript if re.fullmatch(r"[A-Z']+( [A-Z']+)*", transcript) else None
+
+
 def read_sentences() -> list[Sentence]:
     """The usable WordNet usage examples, one per distinct transcript, sorted by transcript."""
-    allowed = re.compile(r"[A-Za-z][A-Za-z ',-]*[A-Za-z'][.!?]?")
-    acronym = re.compile(r"\b[A-Z]{2,}\b")  # TTS engines would spell it out
-    quoted = re.compile(r"(^|\s)'")  # 'single quotes', which the transcript would keep as apostrophes
     by_transcript: dict[str, str] = {}
     for gloss in wordnet_glosses():
         for example in re.findall(r'"([^"]*)"', gloss):
             example = " ".join(example.split())
-            if (len(example.split()) < 4 or not allowed.fullmatch(example) or acronym.search(example)
-                    or quoted.search(example)):
-                continue
-            transcript = normalize_text(example)
-            if re.fullmatch(r"[A-Z']+( [A-Z']+)*", transcript):
+            transcript = readable_transcript(example)
+            if transcript is not None:
                 by_transcript.setdefault(transcript, " ".join(example.replace("-", " ").split()))
+    return [Sentence(text, transcript) for transcript, text in sorted(by_transcript.items())]
+
+
+def read_definitions() -> list[Sentence]:
+    """WordNet's definitions that read as the examples do (the same rules), one per distinct
+    transcript, sorted by transcript, without any that is also an example's transcript: speech
+    of more text of the same vocabulary, from which no scored sentence can come."""
+    examples = {sentence.transcript for sentence in read_sentences()}
+    by_transcript: dict[str, str] = {}
+    for gloss in wordnet_glosses():
+        for definition in re.sub(r"\([^)]*\)", " ", re.sub(r'"[^"]*"', ";", gloss)).split(";"):
+            definition = " ".join(definition.split())
+            transcript = readable_transcript(definition)
+            if transcript is not None and transcript not in examples:
+                by_transcript.setdefault(transcript, " ".join(definition.replace("-", " ").split()))
     return [Sentence(text, transcript) for transcript, text in sorted(by_transcript.items())]
 
 
@@ -451,11 +474,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiplies every split's size (0.01: a tiny corpus for tests)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    parser.add_argument("--splits", nargs="+", choices=("test_voices", "test", "dev", "train_1h", "pretrain"),
-                        help="build only these splits: the same utterances, byte for byte, as in the whole corpus")
+    parser.add_argument("--splits", nargs="+",
+                        choices=("test_voices", "test", "dev", "train_1h", "pretrain", "definitions"),
+                        help="build only these splits: the same utterances, byte for byte, as in the whole corpus "
+                             "(definitions: WordNet's definitions, built only when named here)")
+    parser.add_argument("--definitions-hours", type=float, default=20.0,
+                        help="hours of the definitions split (default 20)")
     parser.add_argument("--voicing", type=int, default=0,
                         help="N > 0: the training splits' sentences spoken again with voices and augmentation drawn "
-                             "anew (needs --splits pretrain and/or train_1h; the held-out sentences stay held out)")
+                             "anew (needs --splits with pretrain, train_1h or definitions only; the held-out "
+                             "sentences stay held out)")
     args = parser.parse_args(argv)
     missing = [package for check, package in REQUIREMENTS if not check()]
     if missing:
@@ -465,17 +493,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         print(f"error: {args.out} already exists and is not an empty folder", file=sys.stderr)
         return 1
-    training_only = bool(args.splits) and set(args.splits) <= {"pretrain", "train_1h"}
+    training_only = bool(args.splits) and set(args.splits) <= {"pretrain", "train_1h", "definitions"}
     if args.voicing < 0 or (args.voicing > 0 and not training_only):
-        print("error: --voicing N (N > 0) needs --splits with pretrain or train_1h only", file=sys.stderr)
+        print("error: --voicing N (N > 0) needs --splits with pretrain, train_1h or definitions only", file=sys.stderr)
         return 1
-    if args.scale <= 0 or args.pretrain_hours <= 0 or args.jobs < 1:
-        print("error: --scale and --pretrain-hours must be positive, --jobs at least 1", file=sys.stderr)
+    if args.scale <= 0 or args.pretrain_hours <= 0 or args.definitions_hours <= 0 or args.jobs < 1:
+        print("error: --scale, --pretrain-hours and --definitions-hours must be positive, --jobs at least 1",
+              file=sys.stderr)
         return 1
     started = time.monotonic()
     sentences = read_sentences()
     np.random.default_rng(args.seed).shuffle(sentences)
     plan = plan_splits(args.scale, args.pretrain_hours, len(sentences))
+    definitions = []
+    if args.splits and "definitions" in args.splits:  # a text of their own: the examples' shuffle stays as it was
+        definitions = read_definitions()
+        np.random.default_rng(args.seed).shuffle(definitions)
+        seconds = args.definitions_hours * 3600 * args.scale
+        plan.append(Split("definitions", SEEN_VOICES, len(definitions), seconds=seconds))
     print(f"{len(sentences)} WordNet sentences; reserved: "
           + ", ".join(f"{split.name} {split.sentences}" for split in plan), flush=True)
     # Built beside the destination and renamed at the end, so that a corpus folder is always complete.
@@ -486,10 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     offset = 0
     with multiprocessing.Pool(args.jobs) as pool:
         for split in plan:
+            if split.name == "definitions":
+                chosen = definitions
+            else:
+                chosen, offset = sentences[offset:offset + split.sentences], offset + split.sentences
             if args.splits is None or split.name in args.splits:
-                splits[split.name] = fill_split(pool, split, sentences[offset:offset + split.sentences], args.seed,
-                                                args.voicing, args.jobs, partial, failures)
-            offset += split.sentences
+                splits[split.name] = fill_split(pool, split, chosen, args.seed, args.voicing, args.jobs, partial,
+                                                failures)
         pool.close()  # let the chunks dropped in flight finish, rather than kill them mid-synthesis
         pool.join()  # (which would leave their temporary folders behind)
     manifests = write_manifests(partial, splits, 600.0 * args.scale)
