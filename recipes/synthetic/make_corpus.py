@@ -4,7 +4,8 @@
 
 The sentences are the usage examples of WordNet 3.0, spoken by espeak-ng, flite and festival
 voices, augmented (speed, reverberation, noise, gain) and written as 16 kHz 16-bit FLAC with
-manifests for pretraining, fine-tuning and evaluation. The same --seed gives the same bytes
+manifests for pretraining, fine-tuning and evaluation; on request (`--splits definitions`) also
+WordNet's definitions, as training speech of more text. The same --seed gives the same bytes
 whatever --jobs is. See README.md beside this file.
 """
 
