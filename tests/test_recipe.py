@@ -114,13 +114,14 @@ def test_a_second_voicing_speaks_the_same_sentences_anew(corpora, tmp_path):
     refused = subprocess.run([sys.executable, str(RECIPE), "--out", str(tmp_path / "refused"), "--voicing", "1",
                               "--splits", "test"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert refused.stderr.strip() == "error: --voicing N (N > 0) needs --splits with pretrain, train_1h or definitions only"
+    assert refused.stderr.strip() == ("error: --voicing N (N > 0) needs --splits with pretrain, train_1h or "
+                                      "definitions only")
 
 
-def test_the_definitions_split_speaks_wordnet_definitions_and_no_example(corpora, tmp_path):
+def test_the_definitions_split_speaks_wordnet_definitions_and_no_example(corpora, tmp_path, monkeypatch):
     """--splits definitions: WordNet's definitions (dog's first one among them), none of them an
     example sentence, so none of them a scored sentence; the other splits' bytes stay as they were."""
-    sys.path.insert(0, str(RECIPE.parent))
+    monkeypatch.syspath_prepend(str(RECIPE.parent))
     from make_corpus import read_definitions, read_sentences
 
     definitions = {sentence.transcript for sentence in read_definitions()}

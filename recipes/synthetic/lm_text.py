@@ -31,7 +31,7 @@ import re
 import sys
 from pathlib import Path
 
-from make_corpus import WORDNET, read_sentences, wordnet_glosses
+from make_corpus import WORDNET, gloss_definitions, read_sentences, wordnet_glosses
 
 from wav2vec2.manifest import read_manifest
 from wav2vec2.vocab import normalize_text
@@ -116,7 +116,7 @@ def wordnet_definitions() -> list[str]:
     examples and parenthesised remarks (a gloss holds several definitions, separated by semicolons)."""
     definitions = set()
     for gloss in wordnet_glosses():
-        for definition in re.sub(r"\([^)]*\)", " ", re.sub(r'"[^"]*"', ";", gloss)).split(";"):
+        for definition in gloss_definitions(gloss):
             text = normalize_text(definition)
             if len(text.split()) >= 2 and re.fullmatch(r"[A-Z][A-Z']*( [A-Z][A-Z']*)*", text):
                 definitions.add(text)

@@ -159,6 +159,11 @@ def wordnet_glosses() -> Iterator[str]:
                 yield line.partition(" | ")[2]
 
 
+def gloss_definitions(gloss: str) -> list[str]:
+    """A gloss's definitions: split at semicolons, without its quoted examples and parenthesised remarks."""
+    return [" ".join(d.split()) for d in re.sub(r"\([^)]*\)", " ", re.sub(r'"[^"]*"', ";", gloss)).split(";")]
+
+
 ALLOWED = re.compile(r"[A-Za-z][A-Za-z ',-]*[A-Za-z'][.!?]?")
 ACRONYM = re.compile(r"\b[A-Z]{2,}\b")  # TTS engines would spell it out
 QUOTED = re.compile(r"(^|\s)'")  # 'single quotes', which the transcript would keep as apostrophes
@@ -192,8 +197,7 @@ def read_definitions() -> list[Sentence]:
     examples = {sentence.transcript for sentence in read_sentences()}
     by_transcript: dict[str, str] = {}
     for gloss in wordnet_glosses():
-        for definition in re.sub(r"\([^)]*\)", " ", re.sub(r'"[^"]*"', ";", gloss)).split(";"):
-            definition = " ".join(definition.split())
+        for definition in gloss_definitions(gloss):
             transcript = readable_transcript(definition)
             if transcript is not None and transcript not in examples:
                 by_transcript.setdefault(transcript, " ".join(definition.replace("-", " ").split()))
